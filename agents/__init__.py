@@ -1,0 +1,1 @@
+"""LangChain integration: adapter tools, toolkit, chat model and a trace callback."""

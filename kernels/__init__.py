@@ -1,0 +1,1 @@
+"""Triton SGMV kernels for batched multi-adapter LoRA and their torch references."""

@@ -1,0 +1,1 @@
+"""The agent SDK: HTTP client, wallet, vouchers, receipts, reasoning trace and contract bindings."""

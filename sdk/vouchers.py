@@ -1,0 +1,214 @@
+"""EIP-712 typed data of the payment protocol (channel configs, vouchers, receipts), shared with the runtime.
+
+DESIGN.md's "Protocol reference" is the spec: domain {name: "loraledger", version: "1", chainId,
+verifyingContract: PaymentChannels}; a channel id is the EIP-712 digest of its ChannelConfig; the
+payer's session key signs Vouchers; the operator signs Receipts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak, to_checksum_address
+
+__all__ = [
+    "DOMAIN_NAME",
+    "DOMAIN_VERSION",
+    "ChannelConfig",
+    "Domain",
+    "Receipt",
+    "Voucher",
+    "adapter_id",
+    "channel_id",
+    "recover_receipt_signer",
+    "recover_voucher_signer",
+    "sign_receipt",
+    "sign_voucher",
+    "typed_data_digest",
+]
+
+DOMAIN_NAME = "loraledger"
+DOMAIN_VERSION = "1"
+
+TYPES: dict[str, list[dict[str, str]]] = {
+    "ChannelConfig": [
+        {"name": "payer", "type": "address"},
+        {"name": "payerAuthorizer", "type": "address"},
+        {"name": "payee", "type": "address"},
+        {"name": "token", "type": "address"},
+        {"name": "withdrawDelay", "type": "uint40"},
+        {"name": "salt", "type": "bytes32"},
+    ],
+    "Voucher": [
+        {"name": "channelId", "type": "bytes32"},
+        {"name": "cumulativeAmount", "type": "uint128"},
+        {"name": "callHash", "type": "bytes32"},
+    ],
+    "Receipt": [
+        {"name": "callId", "type": "bytes32"},
+        {"name": "channelId", "type": "bytes32"},
+        {"name": "adapterId", "type": "bytes32"},
+        {"name": "inputTokens", "type": "uint32"},
+        {"name": "outputTokens", "type": "uint32"},
+        {"name": "amount", "type": "uint128"},
+        {"name": "cumulativeAmount", "type": "uint128"},
+        {"name": "callHash", "type": "bytes32"},
+        {"name": "outputHash", "type": "bytes32"},
+        {"name": "attributionHash", "type": "bytes32"},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The EIP-712 domain: one chain and one PaymentChannels contract."""
+
+    chain_id: int
+    verifying_contract: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": to_checksum_address(self.verifying_contract),
+        }
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """What a payer commits to when opening a channel; its EIP-712 digest is the channel id."""
+
+    payer: str
+    payer_authorizer: str
+    payee: str
+    token: str
+    withdraw_delay_s: int
+    salt: bytes
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "payer": to_checksum_address(self.payer),
+            "payerAuthorizer": to_checksum_address(self.payer_authorizer),
+            "payee": to_checksum_address(self.payee),
+            "token": to_checksum_address(self.token),
+            "withdrawDelay": self.withdraw_delay_s,
+            "salt": _bytes32(self.salt),
+        }
+
+    def as_tuple(self) -> tuple[str, str, str, str, int, bytes]:
+        m = self.as_message()
+        return (m["payer"], m["payerAuthorizer"], m["payee"], m["token"], m["withdrawDelay"], m["salt"])
+
+
+@dataclass(frozen=True)
+class Voucher:
+    """The payer's promise: the payee may claim up to `cumulative_amount` in total from the channel."""
+
+    channel_id: bytes
+    cumulative_amount: int
+    call_hash: bytes
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "channelId": _bytes32(self.channel_id),
+            "cumulativeAmount": self.cumulative_amount,
+            "callHash": _bytes32(self.call_hash),
+        }
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The operator's signed account of one call."""
+
+    call_id: bytes
+    channel_id: bytes
+    adapter_id: bytes
+    input_tokens: int
+    output_tokens: int
+    amount: int
+    cumulative_amount: int
+    call_hash: bytes
+    output_hash: bytes
+    attribution_hash: bytes
+
+    def as_message(self) -> dict[str, Any]:
+        return {
+            "callId": _bytes32(self.call_id),
+            "channelId": _bytes32(self.channel_id),
+            "adapterId": _bytes32(self.adapter_id),
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "amount": self.amount,
+            "cumulativeAmount": self.cumulative_amount,
+            "callHash": _bytes32(self.call_hash),
+            "outputHash": _bytes32(self.output_hash),
+            "attributionHash": _bytes32(self.attribution_hash),
+        }
+
+
+def _bytes32(value: bytes) -> bytes:
+    if isinstance(value, str):
+        value = bytes.fromhex(value.removeprefix("0x"))
+    if len(value) != 32:
+        raise ValueError(f"expected 32 bytes, got {len(value)}")
+    return bytes(value)
+
+
+def _typed(domain: Domain, primary: str, message: dict[str, Any]) -> Any:
+    return encode_typed_data(
+        full_message={
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                primary: TYPES[primary],
+            },
+            "primaryType": primary,
+            "domain": domain.as_dict(),
+            "message": message,
+        }
+    )
+
+
+def typed_data_digest(domain: Domain, primary: str, message: dict[str, Any]) -> bytes:
+    """The 32-byte EIP-712 digest of `message` of type `primary` under `domain`."""
+    signable = _typed(domain, primary, message)
+    return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def channel_id(domain: Domain, config: ChannelConfig) -> bytes:
+    """The channel id: the EIP-712 digest of the config, bound to one chain and one contract."""
+    return typed_data_digest(domain, "ChannelConfig", config.as_message())
+
+
+def adapter_id(name: str) -> bytes:
+    """The on-chain adapter id: keccak256 of the adapter's utf-8 name."""
+    return keccak(text=name)
+
+
+def sign_voucher(account: LocalAccount, domain: Domain, voucher: Voucher) -> bytes:
+    """Signs a voucher with the channel's payer authorizer (session key); returns the 65-byte signature."""
+    return bytes(account.sign_message(_typed(domain, "Voucher", voucher.as_message())).signature)
+
+
+def recover_voucher_signer(domain: Domain, voucher: Voucher, signature: bytes) -> str:
+    """The address that signed `voucher` (EOA signatures only; low-s enforced by eth-keys)."""
+    return Account.recover_message(_typed(domain, "Voucher", voucher.as_message()), signature=signature)
+
+
+def sign_receipt(account: LocalAccount, domain: Domain, receipt: Receipt) -> bytes:
+    """Signs a receipt with the operator's key."""
+    return bytes(account.sign_message(_typed(domain, "Receipt", receipt.as_message())).signature)
+
+
+def recover_receipt_signer(domain: Domain, receipt: Receipt, signature: bytes) -> str:
+    """The address that signed `receipt`."""
+    return Account.recover_message(_typed(domain, "Receipt", receipt.as_message()), signature=signature)
