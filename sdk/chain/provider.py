@@ -192,7 +192,7 @@ def _embedded_provider_class() -> type:
                 self._mine()
                 return "0x0"
             if method == "evm_snapshot":
-                return hex(tester.take_snapshot())
+                return tester.take_snapshot()
             if method == "evm_revert":
                 snapshot_id = params[0]
                 tester.revert_to_snapshot(int(snapshot_id, 16) if isinstance(snapshot_id, str) else snapshot_id)
@@ -209,7 +209,9 @@ def _embedded_provider_class() -> type:
             tester = self.ethereum_tester
             if self._time_offset_s:
                 latest = tester.get_block_by_number("latest")["timestamp"]
-                tester.time_travel(latest + self._time_offset_s)
+                # time_travel(t) mines a block at t - 1 and leaves the pending block at t; as on anvil, the
+                # mined block should be `offset` past the last one.
+                tester.time_travel(latest + self._time_offset_s + 1)
                 self._time_offset_s = 0
             else:
                 tester.mine_blocks(1)
