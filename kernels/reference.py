@@ -1,0 +1,36 @@
+"""Torch semantics of the LoRA operators: the CPU path, the test oracle and the benchmark baseline."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["lora_apply_ref"]
+
+
+def lora_apply_ref(
+    y: torch.Tensor,  # [T, N]
+    x: torch.Tensor,  # [T, K]
+    lora_a: torch.Tensor,  # [S, R, K]
+    lora_b: torch.Tensor,  # [S, N, R]
+    ranks: torch.Tensor,  # [S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+) -> torch.Tensor:
+    """In place: for each t with s = token_slots[t] >= 0 and r = ranks[s]:
+    y[t] += scales[s] * (x[t] @ lora_a[s, :r].T) @ lora_b[s, :, :r].T. Returns y.
+
+    Computes in fp32 (or in x's dtype when that is wider) and adds into y in y's dtype. Loops over the
+    distinct slots of the batch, so it synchronises with the host; it is a reference, not a kernel.
+    """
+    acc_dtype = torch.promote_types(x.dtype, torch.float32)
+    slots = token_slots.to(torch.long)
+    for s in torch.unique(slots[slots >= 0]).tolist():
+        rows = (slots == s).nonzero(as_tuple=True)[0]
+        r = int(ranks[s])
+        if r == 0:
+            continue
+        a = lora_a[s, :r].to(acc_dtype)  # [r, K]
+        b = lora_b[s, :, :r].to(acc_dtype)  # [N, r]
+        delta = (x[rows].to(acc_dtype) @ a.T) @ b.T * scales[s].to(acc_dtype)
+        y[rows] = (y[rows].to(acc_dtype) + delta).to(y.dtype)
+    return y
