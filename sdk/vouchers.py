@@ -24,6 +24,7 @@ __all__ = [
     "Voucher",
     "adapter_id",
     "channel_id",
+    "check_signature_form",
     "recover_receipt_signer",
     "recover_voucher_signer",
     "sign_receipt",
@@ -199,8 +200,28 @@ def sign_voucher(account: LocalAccount, domain: Domain, voucher: Voucher) -> byt
     return bytes(account.sign_message(_typed(domain, "Voucher", voucher.as_message())).signature)
 
 
+_SECP256K1_HALF_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2
+
+
+def check_signature_form(signature: bytes) -> None:
+    """Raises ValueError unless `signature` is the one form OpenZeppelin's ECDSA accepts on chain: 65 bytes
+    r || s || v with v in {27, 28} and s in the lower half of the curve order.
+
+    eth-account recovers high-s twins and v in {0, 1} too; a runtime that took those would serve calls whose
+    vouchers the contract then refuses to pay.
+    """
+    if len(signature) != 65:
+        raise ValueError(f"a signature is 65 bytes, got {len(signature)}")
+    if signature[64] not in (27, 28):
+        raise ValueError(f"signature v must be 27 or 28, got {signature[64]}")
+    if int.from_bytes(signature[32:64], "big") > _SECP256K1_HALF_N:
+        raise ValueError("signature s is in the upper half of the curve order (malleable form)")
+
+
 def recover_voucher_signer(domain: Domain, voucher: Voucher, signature: bytes) -> str:
-    """The address that signed `voucher` (EOA signatures only; low-s enforced by eth-keys)."""
+    """The address that signed `voucher` (EOA signatures in the form the contract accepts; see
+    check_signature_form)."""
+    check_signature_form(bytes(signature))
     return Account.recover_message(_typed(domain, "Voucher", voucher.as_message()), signature=signature)
 
 
@@ -210,5 +231,6 @@ def sign_receipt(account: LocalAccount, domain: Domain, receipt: Receipt) -> byt
 
 
 def recover_receipt_signer(domain: Domain, receipt: Receipt, signature: bytes) -> str:
-    """The address that signed `receipt`."""
+    """The address that signed `receipt` (canonical form only; see check_signature_form)."""
+    check_signature_form(bytes(signature))
     return Account.recover_message(_typed(domain, "Receipt", receipt.as_message()), signature=signature)

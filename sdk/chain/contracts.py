@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,11 +303,16 @@ class PaymentChannels(_Binding):
         return self._send(account, "deposit", _b32(channel_id), amount)
 
     def claim(
-        self, account: LocalAccount, claims: Sequence[Claim], revenues: Sequence[Revenue], *, gas: int | None = None
+        self,
+        account: LocalAccount,
+        claims: Sequence[Claim],
+        revenues: Sequence[Revenue],
+        *,
+        gas: int | None = None,
+        on_sent: Callable[[str], None] | None = None,
     ) -> TxReceipt:
-        return self._send(
-            account, "claim", [c.as_tuple() for c in claims], [r.as_tuple() for r in revenues], gas=gas
-        )
+        fn = self.contract.functions.claim([c.as_tuple() for c in claims], [r.as_tuple() for r in revenues])
+        return self.chain.send(account, fn, gas=gas, on_sent=on_sent)
 
     def initiate_withdraw(self, account: LocalAccount, channel_id: bytes) -> TxReceipt:
         return self._send(account, "initiateWithdraw", _b32(channel_id))

@@ -72,14 +72,22 @@ class Chain:
         except ContractLogicError as exc:
             raise _revert_from(exc) from None
 
-    def send(self, account: LocalAccount, fn: ContractFunction, *, gas: int | None = None) -> TxReceipt:
-        """Signs `fn` with `account`, sends it and waits for the receipt; reverts raise ContractRevert."""
+    def send(
+        self,
+        account: LocalAccount,
+        fn: ContractFunction,
+        *,
+        gas: int | None = None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> TxReceipt:
+        """Signs `fn` with `account`, sends it and waits for the receipt; reverts raise ContractRevert.
+        `on_sent(tx_hash)` runs once the node accepted the transaction, before waiting for it to be mined."""
         tx = self._base_tx(account)
         try:
             tx = fn.build_transaction(tx | ({"gas": gas} if gas else {}))
         except ContractLogicError as exc:
             raise _revert_from(exc) from None
-        return self._sign_and_send(account, tx, replay=fn)
+        return self._sign_and_send(account, tx, replay=fn, on_sent=on_sent)
 
     def deploy(self, account: LocalAccount, abi: list, bytecode: str, *args: Any) -> tuple[str, TxReceipt]:
         """Deploys a contract and returns (address, receipt)."""
@@ -109,7 +117,13 @@ class Chain:
     def _base_tx(self, account: LocalAccount) -> dict[str, Any]:
         return {"from": account.address, "chainId": self.chain_id}
 
-    def _sign_and_send(self, account: LocalAccount, tx: dict[str, Any], replay: ContractFunction | None) -> TxReceipt:
+    def _sign_and_send(
+        self,
+        account: LocalAccount,
+        tx: dict[str, Any],
+        replay: ContractFunction | None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> TxReceipt:
         with self._send_lock:
             tx = dict(tx)
             tx["nonce"] = self.w3.eth.get_transaction_count(account.address, "pending")
@@ -125,6 +139,8 @@ class Chain:
                 tx["maxFeePerGas"] = 2 * base_fee + tip
             signed = account.sign_transaction(tx)
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        if on_sent is not None:
+            on_sent(HexBytes(tx_hash).to_0x_hex())
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
         if receipt["status"] != 1:
             self._raise_failed(tx, receipt, replay)

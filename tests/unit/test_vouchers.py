@@ -63,7 +63,6 @@ def test_receipt_signature_round_trip():
     signature = sign_receipt(operator, domain, receipt)
     assert recover_receipt_signer(domain, receipt, signature) == operator.address
     digest = typed_data_digest(domain, "Receipt", receipt.as_message())
-    assert Account._recover_hash(digest, signature=signature) == operator.address
 
 
 def test_adapter_id_is_keccak_of_utf8_name():
@@ -77,3 +76,21 @@ def test_adapter_id_is_keccak_of_utf8_name():
 def test_bad_bytes32_fields_are_rejected():
     with pytest.raises(ValueError, match="32 bytes"):
         Voucher(b"\x01" * 31, 1, b"\x00" * 32).as_message()
+
+
+def test_only_the_signature_form_the_contract_accepts_recovers():
+    import pytest
+    from eth_account import Account
+
+    from loraledger.sdk.vouchers import Domain, Voucher, recover_voucher_signer, sign_voucher
+
+    key = Account.create()
+    domain = Domain(31337, "0x" + "11" * 20)
+    voucher = Voucher(b"\x01" * 32, 5, b"\x02" * 32)
+    sig = sign_voucher(key, domain, voucher)
+    assert recover_voucher_signer(domain, voucher, sig) == key.address
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    high_s = sig[:32] + (n - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big") + bytes([55 - sig[64]])
+    for bad, why in ((high_s, "upper half"), (sig[:64] + bytes([sig[64] - 27]), "v must be"), (sig[:64], "65 bytes")):
+        with pytest.raises(ValueError, match=why):
+            recover_voucher_signer(domain, voucher, bad)

@@ -1,0 +1,1 @@
+"""Billing: prices, voucher checks, the durable SQLite ledger and the settler."""

@@ -1,0 +1,282 @@
+"""The runtime's side of x402 `loraledger-channel`: payment requirements, voucher checks and the settle response.
+
+DESIGN.md's protocol reference is the spec. `PaymentGate.verify` answers one question before any work starts:
+may this PAYMENT-SIGNATURE pay for this call, and up to how much? Every refusal is a PaymentRefused with an error
+code the client can act on; nothing is reserved or charged then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from loraledger.sdk import _x402 as x402
+from loraledger.sdk.chain.contracts import ChannelState, PaymentChannels
+from loraledger.sdk.chain.errors import ContractRevert
+from loraledger.sdk.vouchers import ChannelConfig, Domain, Voucher, channel_id, recover_voucher_signer
+
+from .ledger import Ledger
+from .pricing import Prices
+
+__all__ = ["ChannelReader", "PaymentGate", "PaymentRefused", "PaymentTerms", "VerifiedPayment"]
+
+logger = logging.getLogger(__name__)
+
+
+class PaymentRefused(Exception):
+    """A payment cannot pay for the call. `code` goes into the 402's `error` (or the 4xx body)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 402, charged_cumulative: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.charged_cumulative = charged_cumulative
+
+
+@dataclass(frozen=True)
+class PaymentTerms:
+    """What this runtime accepts: one chain, one PaymentChannels contract, one token, one payee."""
+
+    chain_id: int
+    contract: str
+    token: str
+    payee: str
+    min_deposit_wei: int = 0
+    min_withdraw_delay_s: int = 60
+    max_timeout_s: int = 300
+    max_unsettled_wei: int | None = None
+    """Most a channel may owe (charged but not claimed on chain) before new calls wait for settlement."""
+
+    @property
+    def network(self) -> str:
+        return x402.network_of(self.chain_id)
+
+    @property
+    def domain(self) -> Domain:
+        return Domain(self.chain_id, self.contract)
+
+
+@dataclass(frozen=True)
+class VerifiedPayment:
+    channel_id: str
+    config: ChannelConfig
+    voucher: Voucher
+    signature: bytes
+    idempotency_key: str | None
+    budget_wei: int
+    """The most this call may be charged: the voucher's raise over the charged total, capped at the call's max."""
+
+
+class ChannelReader:
+    """On-chain channel state, cached for `ttl_s`; `fresh=True` skips the cache (e.g. after a top-up)."""
+
+    def __init__(self, channels: PaymentChannels, ttl_s: float = 2.0):
+        self._channels = channels
+        self._ttl_s = ttl_s
+        self._cache: dict[bytes, tuple[float, ChannelState | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, cid: bytes, *, fresh: bool = False) -> ChannelState | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(cid)
+        if hit is not None and not fresh and now - hit[0] < self._ttl_s:
+            return hit[1]
+        try:
+            state: ChannelState | None = self._channels.get_channel(cid)
+        except ContractRevert as exc:
+            if exc.name != "UnknownChannel":
+                raise
+            state = None
+        with self._lock:
+            self._cache[cid] = (now, state)
+        return state
+
+
+class PaymentGate:
+    """Builds PAYMENT-REQUIRED and checks PAYMENT-SIGNATURE against the chain and the ledger."""
+
+    def __init__(self, terms: PaymentTerms, reader: ChannelReader, ledger: Ledger):
+        self.terms = terms
+        self._reader = reader
+        self._ledger = ledger
+
+    # ------------------------------------------------------------------------------------------- 402
+
+    def requirements(self, prices: Prices, max_amount_wei: int, charged_cumulative: int | None = None) -> Any:
+        extra: dict[str, Any] = {
+            "contract": to_checksum_address(self.terms.contract),
+            "name": "loraledger",
+            "version": "1",
+            "pricePerInputToken": str(prices.input_wei),
+            "pricePerOutputToken": str(prices.output_wei),
+            "minDeposit": str(self.terms.min_deposit_wei),
+            "withdrawDelay": self.terms.min_withdraw_delay_s,
+        }
+        if charged_cumulative is not None:
+            extra["chargedCumulativeAmount"] = str(charged_cumulative)
+        return x402.PaymentRequirements(
+            scheme=x402.SCHEME,
+            network=self.terms.network,
+            asset=to_checksum_address(self.terms.token),
+            amount=str(max_amount_wei),
+            pay_to=to_checksum_address(self.terms.payee),
+            max_timeout_seconds=self.terms.max_timeout_s,
+            extra=extra,
+        )
+
+    def payment_required(
+        self,
+        url: str,
+        prices: Prices,
+        max_amount_wei: int,
+        *,
+        error: str | None = None,
+        charged_cumulative: int | None = None,
+    ) -> str:
+        """The PAYMENT-REQUIRED header value for a call to `url` that may cost up to `max_amount_wei`."""
+        required = x402.PaymentRequired(
+            x402_version=2,
+            error=error,
+            resource=x402.ResourceInfo(url=url, mime_type="application/json"),
+            accepts=[self.requirements(prices, max_amount_wei, charged_cumulative)],
+            extensions=x402.payment_identifier_extension("", required=False),
+        )
+        return x402.encode_payment_required(required)
+
+    # ------------------------------------------------------------------------------------------- verify
+
+    def verify(self, header: str, max_amount_wei: int) -> VerifiedPayment:
+        """Checks a PAYMENT-SIGNATURE for a call that may cost up to `max_amount_wei`; raises PaymentRefused."""
+        try:
+            payload = x402.decode_payment_signature(header)
+        except Exception as exc:  # the header is attacker input: any decoding failure is a 400, never a 500
+            raise PaymentRefused("invalid_payment", f"PAYMENT-SIGNATURE is not an x402 v2 payload: {exc}", status=400)
+        accepted = payload.accepted
+        if payload.x402_version != 2 or accepted.scheme != x402.SCHEME:
+            raise PaymentRefused("unsupported_scheme", f"this runtime accepts x402 v2 scheme {x402.SCHEME!r} only")
+        if accepted.network != self.terms.network:
+            raise PaymentRefused("wrong_network", f"payment is for {accepted.network}, this runtime settles on {self.terms.network}")
+        config, voucher, signature = self._parse(payload.payload)
+        cid_hex = "0x" + voucher.channel_id.hex()
+        if not _same(config.payee, self.terms.payee):
+            raise PaymentRefused("wrong_payee", f"the channel pays {config.payee}, this runtime is {self.terms.payee}")
+        if not _same(config.token, self.terms.token):
+            raise PaymentRefused("wrong_asset", f"the channel is in {config.token}, this runtime takes {self.terms.token}")
+        if channel_id(self.terms.domain, config) != voucher.channel_id:
+            raise PaymentRefused(
+                "invalid_channel", "the voucher's channelId is not this channel config's id on this chain and contract"
+            )
+        try:
+            signer = recover_voucher_signer(self.terms.domain, voucher, signature)
+        except Exception as exc:  # malformed, malleable (high-s) or wrong-length signatures
+            raise PaymentRefused("invalid_signature", f"the voucher signature does not verify: {exc}") from None
+        if not _same(signer, config.payer_authorizer):
+            raise PaymentRefused("invalid_signature", "the voucher is not signed by the channel's payerAuthorizer")
+
+        charged = self._ledger.channel(cid_hex).charged
+        if voucher.cumulative_amount <= charged:
+            raise PaymentRefused(
+                "stale_voucher",
+                f"the voucher's cumulative amount {voucher.cumulative_amount} is not above the charged {charged}",
+                charged_cumulative=charged,
+            )
+        state = self._reader.get(voucher.channel_id)
+        if state is None or state.deposited < voucher.cumulative_amount:
+            state = self._reader.get(voucher.channel_id, fresh=True)  # opened or topped up since the last read
+        if state is None:
+            raise PaymentRefused("unknown_channel", f"channel {cid_hex} is not open on {self.terms.network}")
+        if state.closed:
+            raise PaymentRefused("channel_closed", f"channel {cid_hex} is closed")
+        if state.withdraw_requested_at != 0:
+            raise PaymentRefused("channel_withdrawing", f"channel {cid_hex} is being withdrawn; open a new one")
+        if state.config.withdraw_delay_s < self.terms.min_withdraw_delay_s:
+            raise PaymentRefused(
+                "withdraw_delay_too_short",
+                f"channels need a withdraw delay of at least {self.terms.min_withdraw_delay_s}s",
+            )
+        if state.deposited < self.terms.min_deposit_wei:
+            raise PaymentRefused("insufficient_deposit", f"channels need a deposit of at least {self.terms.min_deposit_wei}")
+        if voucher.cumulative_amount > state.deposited:
+            raise PaymentRefused(
+                "insufficient_deposit",
+                f"the voucher's cumulative amount {voucher.cumulative_amount} is above the deposit {state.deposited}",
+                charged_cumulative=charged,
+            )
+        budget = min(voucher.cumulative_amount - charged, max_amount_wei)
+        limit = self.terms.max_unsettled_wei
+        if limit is not None and charged - state.claimed + budget > limit:
+            raise PaymentRefused(
+                "settlement_pending",
+                f"channel {cid_hex} owes {charged - state.claimed} not yet settled on chain; retry after settlement",
+                status=503,
+            )
+        return VerifiedPayment(
+            channel_id=cid_hex,
+            config=config,
+            voucher=voucher,
+            signature=signature,
+            idempotency_key=x402.payment_identifier(payload.extensions),
+            budget_wei=budget,
+        )
+
+    @staticmethod
+    def _parse(body: dict[str, Any]) -> tuple[ChannelConfig, Voucher, bytes]:
+        try:
+            ch, v = body["channel"], body["voucher"]
+            config = ChannelConfig(
+                payer=to_checksum_address(ch["payer"]),
+                payer_authorizer=to_checksum_address(ch["payerAuthorizer"]),
+                payee=to_checksum_address(ch["payee"]),
+                token=to_checksum_address(ch["token"]),
+                withdraw_delay_s=_uint(ch["withdrawDelay"], 40),
+                salt=_bytes32(ch["salt"]),
+            )
+            voucher = Voucher(_bytes32(v["channelId"]), _uint(v["cumulativeAmount"], 128), _bytes32(v["callHash"]))
+            signature = bytes.fromhex(str(body["signature"]).removeprefix("0x"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PaymentRefused("invalid_payment", f"malformed loraledger-channel payload: {exc!r}", status=400) from None
+        if len(signature) != 65:
+            raise PaymentRefused("invalid_signature", f"a voucher signature is 65 bytes, got {len(signature)}")
+        return config, voucher, signature
+
+    # ------------------------------------------------------------------------------------------- 200
+
+    def settle_response(
+        self, payer: str, amount_wei: int, charged_cumulative: int, receipt: dict[str, Any], signature: str,
+        transaction: str = "",
+    ) -> str:  # fmt: skip
+        """The PAYMENT-RESPONSE header value of a charged call."""
+        response = x402.SettleResponse(
+            success=True,
+            transaction=transaction,
+            network=self.terms.network,
+            payer=to_checksum_address(payer),
+            amount=str(amount_wei),
+            extra={"chargedCumulativeAmount": str(charged_cumulative), "receipt": receipt, "receiptSignature": signature},
+        )
+        return x402.encode_payment_response(response)
+
+
+def _same(a: str, b: str) -> bool:
+    return a.lower() == b.lower()
+
+
+def _uint(value: Any, bits: int) -> int:
+    n = int(value, 0) if isinstance(value, str) else value
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**bits:
+        raise ValueError(f"{value!r} is not a uint{bits}")
+    return n
+
+
+def _bytes32(value: Any) -> bytes:
+    raw = bytes.fromhex(str(value).removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError(f"{value!r} is not 32 bytes")
+    return raw
+

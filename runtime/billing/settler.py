@@ -1,0 +1,164 @@
+"""The settler: claims charged calls on chain in batches, idempotently and across restarts and RPC outages.
+
+One batch is one `PaymentChannels.claim` over every channel it holds, with the revenue split by adapter. The
+batch is written to the ledger before its transaction is sent and the transaction's hash before it is mined, so
+after a crash the settler finds the pending batch, looks the transaction up, and either marks the batch settled
+or sends it again; a claim can never be paid twice (the contract pays only the monotone delta, and a resent
+claim of an already-claimed amount is recognised from the channel's on-chain state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from eth_account.signers.local import LocalAccount
+from web3.exceptions import TransactionNotFound
+
+from loraledger.sdk.chain.contracts import Claim, Contracts, Revenue
+
+from .ledger import Ledger, SettlementBatch
+
+__all__ = ["SettlementResult", "Settler"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SettlementResult:
+    batch_id: int
+    tx_hash: str | None
+    channels: int
+    calls: int
+    total_wei: int
+
+
+def _b32(hex_str: str) -> bytes:
+    return bytes.fromhex(hex_str.removeprefix("0x")).rjust(32, b"\x00")
+
+
+class Settler:
+    """Claims the ledger's charged calls. `settle_once()` does one batch; `start()` runs a background loop that
+    settles every `interval_s` seconds or as soon as `batch_calls` calls are waiting (`notify()` after each call)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        contracts: Contracts,
+        operator: LocalAccount,
+        *,
+        batch_calls: int = 1,
+        interval_s: float = 5.0,
+        max_backoff_s: float = 60.0,
+        on_settled: Callable[[SettlementResult], None] | None = None,
+    ):
+        self._ledger = ledger
+        self._contracts = contracts
+        self._operator = operator
+        self.batch_calls = batch_calls
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self._on_settled = on_settled
+        self._waiting = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.last_settled_at: float | None = None
+
+    # ------------------------------------------------------------------------------------------- one batch
+
+    def settle_once(self, max_calls: int | None = None) -> SettlementResult | None:
+        """Settles the pending batch, or a new one of at most `max_calls` calls; None when nothing waits.
+        Raises when the chain cannot be reached or the claim reverts (ChainError); the batch stays pending."""
+        with self._lock:
+            batch = self._ledger.open_settlement(max_calls)
+            if batch is None:
+                return None
+            try:
+                tx_hash = self._settle(batch)
+            except Exception as exc:  # recorded on the batch, then raised: the caller decides when to retry
+                self._ledger.settlement_failed(batch.id, f"{type(exc).__name__}: {exc}")
+                raise
+            self._ledger.settle(batch.id, tx_hash or "")
+            result = SettlementResult(batch.id, tx_hash, len(batch.claims), len(batch.call_ids), batch.total)
+            self.last_settled_at = time.time()
+        logger.info("settled batch %d: %d calls over %d channels, %d wei, tx %s",
+                    result.batch_id, result.calls, result.channels, result.total_wei, result.tx_hash)  # fmt: skip
+        if self._on_settled is not None:
+            self._on_settled(result)
+        return result
+
+    def _settle(self, batch: SettlementBatch) -> str | None:
+        channels = self._contracts.channels
+        if batch.tx_hash is not None:
+            found = self._lookup(batch.tx_hash)
+            if found is True:
+                return batch.tx_hash
+            if found is None and self._already_claimed(batch):
+                return batch.tx_hash
+            self._ledger.record_claim_tx(batch.id, None)  # failed or dropped: send again
+        if self._already_claimed(batch):
+            return None  # claimed through another path (e.g. by hand): nothing left to send
+        claims = [
+            Claim(_b32(cid), voucher_amount, amount, _b32(call_hash), bytes.fromhex(sig.removeprefix("0x")))
+            for cid, (amount, voucher_amount, call_hash, sig) in sorted(batch.claims.items())
+        ]
+        revenues = [Revenue(_b32(aid), amount) for aid, amount in sorted(batch.revenue.items()) if amount]
+        receipt = channels.claim(
+            self._operator, claims, revenues, on_sent=lambda h: self._ledger.record_claim_tx(batch.id, h)
+        )
+        return receipt["transactionHash"].to_0x_hex()
+
+    def _lookup(self, tx_hash: str) -> bool | None:
+        """True if mined and successful, False if mined and failed, None if the node does not know it."""
+        try:
+            receipt = self._contracts.chain.w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+        return receipt["status"] == 1
+
+    def _already_claimed(self, batch: SettlementBatch) -> bool:
+        channels = self._contracts.channels
+        return all(channels.get_channel(_b32(cid)).claimed >= amount for cid, (amount, *_r) in batch.claims.items())
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def notify(self) -> None:
+        """A call was charged: settle now if a batch is full."""
+        self._waiting += 1
+        if self._waiting >= self.batch_calls:
+            self._wake.set()
+
+    def start(self) -> Settler:
+        self._thread = threading.Thread(target=self._run, name="loraledger-settler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        backoff_s = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(backoff_s or self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self._waiting = 0
+            try:
+                while self.settle_once() is not None and not self._stop.is_set():
+                    pass
+                backoff_s = 0.0
+                self.last_error = None
+            except Exception as exc:  # RPC outage or revert: keep serving, retry with backoff, report in metrics
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                backoff_s = min(self.max_backoff_s, max(0.5, backoff_s * 2))
+                logger.warning("settlement failed (retrying in %.1fs): %s", backoff_s, self.last_error)
