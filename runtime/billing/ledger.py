@@ -422,7 +422,17 @@ class Ledger:
         ).fetchall()
         claims: dict[str, tuple[int, int, str, str]] = {}
         revenue: dict[str, int] = defaultdict(int)
+        settled = {
+            r["channel_id"]: int(r["settled"])
+            for r in db.execute(
+                "SELECT channel_id, settled FROM channels WHERE channel_id IN"
+                " (SELECT channel_id FROM calls WHERE settlement_id = ?)",
+                (batch_id,),
+            )
+        }
         for row in sorted(rows, key=lambda r: int(r["cumulative"])):
+            if int(row["cumulative"]) <= settled[row["channel_id"]]:
+                continue  # calls charged nothing (0 tokens at price 0) leave their channel's total where it was
             # The highest cumulative amount of a channel in the batch is claimed under that call's voucher.
             claims[row["channel_id"]] = (
                 int(row["cumulative"]), int(row["voucher_amount"]), row["voucher_call_hash"], row["voucher_signature"],

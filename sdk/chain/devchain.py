@@ -40,14 +40,51 @@ def _to_json_rpc(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON-RPC")
 
 
-class JsonRpcServer:
-    """Serves one embedded Chain over HTTP JSON-RPC (single and batch requests), one request at a time."""
+class JsonRpcHandler:
+    """Answers JSON-RPC requests (single and batch) against one embedded Chain, one request at a time.
 
-    def __init__(self, chain: Chain, host: str = "127.0.0.1", port: int = 8545):
+    Used by JsonRpcServer and by the runtime, which serves its embedded chain at `/rpc`."""
+
+    def __init__(self, chain: Chain):
         bare = Web3(chain.w3.provider, middleware=[])
         self._request = chain.w3.provider.request_func(bare, bare.middleware_onion)
         self._lock = threading.Lock()
-        server = self
+
+    def handle_body(self, raw: bytes) -> Any:
+        """The response to one HTTP body: a response object, or a list of them for a batch."""
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
+        if isinstance(body, list):
+            if not body:
+                return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "empty batch"}}
+            return [self.handle(item) for item in body]
+        return self.handle(body)
+
+    def handle(self, request: Any) -> dict[str, Any]:
+        """Answers one JSON-RPC request object."""
+        rid = request.get("id") if isinstance(request, dict) else None
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "invalid request"}}
+        params = request.get("params") or []
+        with self._lock:
+            try:
+                response = self._request(request["method"], params)
+            except Exception as exc:  # a malformed request must not take the chain down
+                logger.debug("rpc %s failed", request["method"], exc_info=True)
+                return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"{type(exc).__name__}: {exc}"}}
+        if "error" in response:
+            return {"jsonrpc": "2.0", "id": rid, "error": dict(response["error"])}
+        return {"jsonrpc": "2.0", "id": rid, "result": _to_json_rpc(response.get("result"))}
+
+
+class JsonRpcServer:
+    """Serves one embedded Chain over HTTP JSON-RPC on its own thread."""
+
+    def __init__(self, chain: Chain, host: str = "127.0.0.1", port: int = 8545):
+        self.handler = JsonRpcHandler(chain)
+        rpc = self.handler
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -55,15 +92,7 @@ class JsonRpcServer:
                 if length > _MAX_BODY_BYTES:
                     self._reply(413, {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "too large"}})
                     return
-                try:
-                    body = json.loads(self.rfile.read(length))
-                except (ValueError, UnicodeDecodeError):
-                    self._reply(200, {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}})
-                    return
-                if isinstance(body, list):
-                    self._reply(200, [server.handle(item) for item in body])
-                else:
-                    self._reply(200, server.handle(body))
+                self._reply(200, rpc.handle_body(self.rfile.read(length)))
 
             def _reply(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()
@@ -87,19 +116,7 @@ class JsonRpcServer:
 
     def handle(self, request: Any) -> dict[str, Any]:
         """Answers one JSON-RPC request object."""
-        rid = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "invalid request"}}
-        params = request.get("params") or []
-        with self._lock:
-            try:
-                response = self._request(request["method"], params)
-            except Exception as exc:  # a malformed request must not take the chain down
-                logger.debug("rpc %s failed", request["method"], exc_info=True)
-                return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"{type(exc).__name__}: {exc}"}}
-        if "error" in response:
-            return {"jsonrpc": "2.0", "id": rid, "error": dict(response["error"])}
-        return {"jsonrpc": "2.0", "id": rid, "result": _to_json_rpc(response.get("result"))}
+        return self.handler.handle(request)
 
     def start(self) -> JsonRpcServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="loraledger-rpc", daemon=True)

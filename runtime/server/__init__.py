@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server with x402 payment per call."""
