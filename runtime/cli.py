@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chain.add_argument("--anvil", action="store_true", help="run anvil (from npm) instead of the embedded EVM")
     chain.set_defaults(run=_cmd_chain)
+
+    from .datanets.cli import register as register_datanets
+    from .factory.cli import register as register_factory
+    from .server.cli import register as register_serve
+
+    register_serve(commands)
+    register_datanets(commands)
+    register_factory(commands)
     return parser
 
 

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -71,6 +71,19 @@ CREATE TABLE IF NOT EXISTS calls (
     settlement_id     INTEGER REFERENCES settlements(id)
 );
 CREATE INDEX IF NOT EXISTS calls_unsettled ON calls(state, settlement_id);
+CREATE TABLE IF NOT EXISTS contributor_totals (
+    datanet_id        INTEGER NOT NULL,
+    contributor       TEXT NOT NULL,
+    amount            TEXT NOT NULL,
+    PRIMARY KEY (datanet_id, contributor)
+);
+CREATE TABLE IF NOT EXISTS datanet_roots (
+    datanet_id        INTEGER PRIMARY KEY,
+    posted_total      TEXT NOT NULL,
+    epoch             INTEGER NOT NULL,
+    root              TEXT NOT NULL,
+    tx_hash           TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settlements (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at        REAL NOT NULL,
@@ -455,16 +468,55 @@ class Ledger:
                 "UPDATE settlements SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error[:2000], batch_id)
             )
 
-    def settle(self, batch_id: int, tx_hash: str) -> None:
-        """Marks a batch settled by `tx_hash` and moves its channels' settled totals."""
+    def settle(
+        self, batch_id: int, tx_hash: str, contributor_deltas: Mapping[int, Mapping[str, int]] | None = None
+    ) -> None:
+        """Marks a batch settled by `tx_hash`, moves its channels' settled totals and adds what its calls owe
+        each datanet's contributors, in one transaction."""
         with self._tx() as db:
+            state = db.execute("SELECT state FROM settlements WHERE id = ?", (batch_id,)).fetchone()
+            if state is None or state[0] != "pending":
+                return
             batch = self._batch(db, batch_id)
             db.execute(
-                "UPDATE settlements SET state = 'settled', tx_hash = ?, settled_at = ? WHERE id = ? AND state = 'pending'",
+                "UPDATE settlements SET state = 'settled', tx_hash = ?, settled_at = ? WHERE id = ?",
                 (tx_hash, time.time(), batch_id),
             )
             for channel_id, (amount, *_rest) in batch.claims.items():
                 db.execute("UPDATE channels SET settled = ? WHERE channel_id = ?", (str(amount), channel_id))
+            for datanet, amounts in (contributor_deltas or {}).items():
+                for contributor, amount in amounts.items():
+                    row = db.execute(
+                        "SELECT amount FROM contributor_totals WHERE datanet_id = ? AND contributor = ?",
+                        (datanet, contributor),
+                    ).fetchone()
+                    total = (int(row[0]) if row else 0) + amount
+                    db.execute(
+                        "INSERT OR REPLACE INTO contributor_totals(datanet_id, contributor, amount) VALUES (?, ?, ?)",
+                        (datanet, contributor, str(total)),
+                    )
+
+    def contributor_totals(self) -> dict[int, dict[str, int]]:
+        """Cumulative amounts owed to each datanet's contributors by the settled calls: {datanet: {address: wei}}."""
+        with self._lock:
+            rows = self._db.execute("SELECT datanet_id, contributor, amount FROM contributor_totals").fetchall()
+        out: dict[int, dict[str, int]] = {}
+        for datanet, contributor, amount in rows:
+            out.setdefault(datanet, {})[contributor] = int(amount)
+        return out
+
+    def posted_roots(self) -> dict[int, tuple[int, int, str]]:
+        """{datanet: (posted total, epoch, root)} of the last epoch root posted for each datanet."""
+        with self._lock:
+            rows = self._db.execute("SELECT datanet_id, posted_total, epoch, root FROM datanet_roots").fetchall()
+        return {r[0]: (int(r[1]), r[2], r[3]) for r in rows}
+
+    def record_root(self, datanet_id: int, total: int, epoch: int, root: str, tx_hash: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO datanet_roots(datanet_id, posted_total, epoch, root, tx_hash) VALUES (?,?,?,?,?)",
+                (datanet_id, str(total), epoch, root, tx_hash),
+            )
 
     def settlement_of(self, call_id: str) -> tuple[int, str | None, str] | None:
         """(batch id, tx hash, state) of the batch holding `call_id`, or None while it is in none."""

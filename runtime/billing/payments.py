@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -69,7 +70,8 @@ class VerifiedPayment:
     signature: bytes
     idempotency_key: str | None
     budget_wei: int
-    """The most this call may be charged: the voucher's raise over the charged total, capped at the call's max."""
+    """The most this call may be charged: the voucher's raise over the charged total, capped at the call's max
+    (0 until PaymentGate.fund has checked the funds)."""
 
 
 class ChannelReader:
@@ -152,7 +154,12 @@ class PaymentGate:
     # ------------------------------------------------------------------------------------------- verify
 
     def verify(self, header: str, max_amount_wei: int) -> VerifiedPayment:
-        """Checks a PAYMENT-SIGNATURE for a call that may cost up to `max_amount_wei`; raises PaymentRefused."""
+        """Checks a PAYMENT-SIGNATURE for a call that may cost up to `max_amount_wei`: authenticate, then fund."""
+        return self.fund(self.authenticate(header), max_amount_wei)
+
+    def authenticate(self, header: str) -> VerifiedPayment:
+        """Decodes a PAYMENT-SIGNATURE and checks that it is a voucher of a channel to this runtime, signed by
+        the channel's payer authorizer (budget 0: nothing about funds is checked yet); raises PaymentRefused."""
         try:
             payload = x402.decode_payment_signature(header)
         except Exception as exc:  # the header is attacker input: any decoding failure is a 400, never a 500
@@ -168,7 +175,7 @@ class PaymentGate:
             raise PaymentRefused("wrong_payee", f"the channel pays {config.payee}, this runtime is {self.terms.payee}")
         if not _same(config.token, self.terms.token):
             raise PaymentRefused("wrong_asset", f"the channel is in {config.token}, this runtime takes {self.terms.token}")
-        if channel_id(self.terms.domain, config) != voucher.channel_id:
+        if _channel_id(self.terms.domain, config) != voucher.channel_id:
             raise PaymentRefused(
                 "invalid_channel", "the voucher's channelId is not this channel config's id on this chain and contract"
             )
@@ -178,7 +185,19 @@ class PaymentGate:
             raise PaymentRefused("invalid_signature", f"the voucher signature does not verify: {exc}") from None
         if not _same(signer, config.payer_authorizer):
             raise PaymentRefused("invalid_signature", "the voucher is not signed by the channel's payerAuthorizer")
+        return VerifiedPayment(
+            channel_id=cid_hex,
+            config=config,
+            voucher=voucher,
+            signature=signature,
+            idempotency_key=x402.payment_identifier(payload.extensions),
+            budget_wei=0,
+        )
 
+    def fund(self, payment: VerifiedPayment, max_amount_wei: int) -> VerifiedPayment:
+        """Checks that an authentic payment can pay now (against the ledger and the channel on chain) and returns
+        it with its budget: the voucher's raise over the charged total, capped at the call's maximum."""
+        voucher, cid_hex = payment.voucher, payment.channel_id
         charged = self._ledger.channel(cid_hex).charged
         if voucher.cumulative_amount <= charged:
             raise PaymentRefused(
@@ -216,14 +235,7 @@ class PaymentGate:
                 f"channel {cid_hex} owes {charged - state.claimed} not yet settled on chain; retry after settlement",
                 status=503,
             )
-        return VerifiedPayment(
-            channel_id=cid_hex,
-            config=config,
-            voucher=voucher,
-            signature=signature,
-            idempotency_key=x402.payment_identifier(payload.extensions),
-            budget_wei=budget,
-        )
+        return replace(payment, budget_wei=budget)
 
     @staticmethod
     def _parse(body: dict[str, Any]) -> tuple[ChannelConfig, Voucher, bytes]:
@@ -261,6 +273,12 @@ class PaymentGate:
             extra={"chargedCumulativeAmount": str(charged_cumulative), "receipt": receipt, "receiptSignature": signature},
         )
         return x402.encode_payment_response(response)
+
+
+@lru_cache(maxsize=65536)
+def _channel_id(domain: Domain, config: ChannelConfig) -> bytes:
+    """Channel ids repeat on every call of a channel; the generic EIP-712 encoder is slow."""
+    return channel_id(domain, config)
 
 
 def _same(a: str, b: str) -> bool:

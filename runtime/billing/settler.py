@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from eth_account.signers.local import LocalAccount
 from web3.exceptions import TransactionNotFound
 
-from loraledger.sdk.chain.contracts import Claim, Contracts, Revenue
+import rfc8785
+from eth_utils import keccak
 
-from .ledger import Ledger, SettlementBatch
+from loraledger.sdk.chain.contracts import Adapter, Claim, Contracts, Revenue
+
+from ..attribution import AttributedCall, AttributionRecord, attribution_root, contributor_amounts, epoch_roots
+
+from .ledger import CallRecord, Ledger, SettlementBatch
+from .receipts import receipts_tree
 
 __all__ = ["SettlementResult", "Settler"]
 
@@ -38,6 +44,18 @@ class SettlementResult:
 
 def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str.removeprefix("0x")).rjust(32, b"\x00")
+
+
+def _record_of(call: CallRecord) -> AttributionRecord | None:
+    """The call's Proof-of-Attribution record, or None for calls attributed only by declared shares."""
+    data = call.attribution
+    if not data or "contributors" not in data or "version" not in data:
+        return None
+    return AttributionRecord.from_json(data)
+
+
+def _rfc8785_hash(value) -> bytes:
+    return keccak(rfc8785.dumps(value))
 
 
 class Settler:
@@ -69,6 +87,7 @@ class Settler:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.last_settled_at: float | None = None
+        self._adapters: dict[bytes, Adapter] = {}
 
     # ------------------------------------------------------------------------------------------- one batch
 
@@ -80,11 +99,14 @@ class Settler:
             if batch is None:
                 return None
             try:
+                self.post_roots()  # a root left unposted by a crash or an outage goes first
                 tx_hash = self._settle(batch)
+                calls = self._ledger.batch_calls(batch.id)
+                self._ledger.settle(batch.id, tx_hash or "", self._contributor_deltas(calls))
+                self.post_roots(calls)
             except Exception as exc:  # recorded on the batch, then raised: the caller decides when to retry
                 self._ledger.settlement_failed(batch.id, f"{type(exc).__name__}: {exc}")
                 raise
-            self._ledger.settle(batch.id, tx_hash or "")
             result = SettlementResult(batch.id, tx_hash, len(batch.claims), len(batch.call_ids), batch.total)
             self.last_settled_at = time.time()
         logger.info("settled batch %d: %d calls over %d channels, %d wei, tx %s",
@@ -125,6 +147,58 @@ class Settler:
     def _already_claimed(self, batch: SettlementBatch) -> bool:
         channels = self._contracts.channels
         return all(channels.get_channel(_b32(cid)).claimed >= amount for cid, (amount, *_r) in batch.claims.items())
+
+    # ------------------------------------------------------------------------------------------- contributors
+
+    def _contributor_deltas(self, calls: list[CallRecord]) -> dict[int, dict[str, int]]:
+        """What the batch's calls owe each datanet's contributors, from their attribution records and the data
+        share of their adapter's on-chain policy (the one the claim just applied)."""
+        attributed = []
+        for call in calls:
+            record = _record_of(call)
+            if record is None or not call.amount:
+                continue
+            onchain = self._adapter(call.adapter_id)
+            if onchain is None or not onchain.policy.data_bps:
+                continue
+            declared = {(d.datanet, d.weight_bps) for d in record.datanets}
+            if declared != set(zip(onchain.datanet_ids, onchain.datanet_weights_bps, strict=True)):
+                # The contract funded the adapter's registered datanets; a record over others cannot pay them.
+                logger.warning("call %s: attribution datanets %s differ from adapter %s's on chain; not apportioned",
+                               call.call_id, sorted(declared), call.adapter)  # fmt: skip
+                continue
+            attributed.append(AttributedCall(call.amount, onchain.policy.data_bps, record))
+        return contributor_amounts(attributed)
+
+    def _adapter(self, adapter_id_hex: str) -> Adapter | None:
+        aid = _b32(adapter_id_hex)
+        if aid == bytes(32):
+            return None
+        if aid not in self._adapters:
+            self._adapters[aid] = self._contracts.adapters.get_adapter(aid)
+        return self._adapters[aid]
+
+    def post_roots(self, calls: list[CallRecord] | None = None) -> int:
+        """Posts the epoch root of every datanet whose contributors' cumulative amounts moved since its last
+        root; returns how many were posted. Idempotent: run again after a failure, it posts what is left."""
+        posted = self._ledger.posted_roots()
+        receipts_root = bytes(32)
+        attribution_root_ = bytes(32)
+        if calls:
+            receipts_root = receipts_tree(self._contracts.channels.domain, [c.receipt for c in calls]).root
+            attribution_root_ = attribution_root(_rfc8785_hash(c.attribution) for c in calls if c.attribution)
+        count = 0
+        for datanet, root in epoch_roots(self._ledger.contributor_totals()).items():
+            if datanet in posted and posted[datanet][0] == root.total:
+                continue
+            receipt = self._contracts.channels.post_epoch_root(
+                self._operator, datanet, root.root, root.total, receipts_root, attribution_root_
+            )
+            epoch = self._contracts.channels.get_pool(self._operator.address, datanet).epoch
+            self._ledger.record_root(datanet, root.total, epoch, "0x" + root.root.hex(),
+                                     receipt["transactionHash"].to_0x_hex())  # fmt: skip
+            count += 1
+        return count
 
     # ------------------------------------------------------------------------------------------- loop
 

@@ -19,18 +19,18 @@ from starlette.concurrency import run_in_threadpool
 
 from loraledger.sdk.adapter_auth import MAX_VALIDITY_S, adapter_message, files_digest, recover_adapter_signer
 from loraledger.sdk.chain.devchain import JsonRpcHandler
-from loraledger.sdk.merkle import MerkleTree, leaf_hash
-from loraledger.sdk.vouchers import Receipt, typed_data_digest
 
+from ..attribution import AttributionService, epoch_roots
 from ..billing.ledger import Ledger
 from ..billing.payments import ChannelReader, PaymentGate, PaymentTerms
 from ..billing.pricing import Prices, TermsError
+from ..billing.receipts import receipts_tree
 from ..billing.settler import Settler
 from ..chain import RuntimeChain
 from ..config import ServeSettings
 from ..errors import APIError, error_body
 from .calls import Attributor, CallService, data_share_attribution
-from .catalog import ADAPTER_NAME, Catalog
+from .catalog import ADAPTER_NAME, AdapterInfo, Catalog
 from .metrics import Metrics
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -73,10 +73,11 @@ class Runtime:
         self.adapters_dir = settings.adapters or settings.data_dir / "adapters"
         self.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.catalog.load_folder(self.adapters_dir)
+        self.attribution = AttributionService(self.adapters_dir)
         self.calls = CallService(
             engine=engine, catalog=self.catalog, ledger=self.ledger, gate=self.gate, settler=self.settler,
             operator=chain.operator, metrics=self.metrics, max_tokens_limit=settings.max_tokens_limit,
-            attributor=attributor or data_share_attribution,
+            attributor=attributor or self._attribute,
         )  # fmt: skip
         self.rpc = JsonRpcHandler(chain.chain) if chain.embedded else None
         self.metrics.bind(
@@ -84,6 +85,13 @@ class Runtime:
             last_settled_at=lambda: self.settler.last_settled_at, settlement_error=lambda: self.settler.last_error,
         )  # fmt: skip
         self._started = False
+
+    def _attribute(self, adapter: AdapterInfo, token_ids: list[int], text: str) -> dict[str, Any]:
+        """Proof of Attribution over the adapter's training contributions when ModelFactory left an index beside
+        it; otherwise the adapter's declared datanet shares."""
+        if adapter.folder is not None and self.attribution.has_index(adapter.id):
+            return self.attribution.attribute(adapter.id, token_ids).to_json()
+        return data_share_attribution(adapter, token_ids, text)
 
     def start(self) -> None:
         self.engine.start()
@@ -210,6 +218,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                                   expires=expires)  # fmt: skip
         _authorize(runtime, adapter_id, message, signature, expires)
         runtime.catalog.remove(adapter_id)
+        runtime.attribution.forget(adapter_id)
         shutil.rmtree(runtime.adapters_dir / adapter_id, ignore_errors=True)
         return {"id": adapter_id, "deleted": True}
 
@@ -233,9 +242,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             batch_id, tx, state = settled
             body["settlement"] = {"batch": batch_id, "transaction": tx or None, "state": state}
             if state == "settled":
-                leaves = [_receipt_leaf(runtime, c.receipt) for c in runtime.ledger.batch_calls(batch_id)]
-                tree = MerkleTree(leaves)
-                mine = leaves.index(_receipt_leaf(runtime, record.receipt))
+                receipts = [c.receipt for c in runtime.ledger.batch_calls(batch_id)]
+                tree = receipts_tree(runtime.terms.domain, receipts)
+                mine = receipts.index(record.receipt)
                 body["root"] = "0x" + tree.root.hex()
                 body["proof"] = ["0x" + p.hex() for p in tree.proof(mine)]
         return body
@@ -251,6 +260,23 @@ def create_app(runtime: Runtime) -> FastAPI:
         c = runtime.ledger.channel(cid)
         return {"channelId": cid, "chargedCumulativeAmount": str(c.charged), "settledCumulativeAmount": str(c.settled),
                 "reservation": None if c.reserved_call_id is None else {"callId": c.reserved_call_id}}  # fmt: skip
+
+    @app.get("/v1/datanets/{datanet_id}/contributors/{address}")
+    async def contributor(datanet_id: int, address: str):
+        """What a contributor may claim from this operator's pool of a datanet, with the Merkle proof against the
+        last posted epoch root (PaymentChannels.claimContribution takes exactly these)."""
+        posted = runtime.ledger.posted_roots().get(datanet_id)
+        roots = epoch_roots(runtime.ledger.contributor_totals())
+        root = roots.get(datanet_id)
+        if posted is None or root is None or "0x" + root.root.hex() != posted[2]:
+            raise APIError("not_found", f"no posted epoch root for datanet {datanet_id} yet (settlement pending)")
+        try:
+            amount, proof = root.proof(address)
+        except ValueError:
+            raise APIError("not_found", f"{address} has earned nothing from datanet {datanet_id} here") from None
+        return {"datanetId": datanet_id, "contributor": address, "operator": runtime.terms.payee,
+                "cumulativeAmount": str(amount), "proof": ["0x" + p.hex() for p in proof], "root": posted[2],
+                "epoch": posted[1]}  # fmt: skip
 
     @app.get("/v1/chain")
     async def chain_info(request: Request):
@@ -306,6 +332,7 @@ def _install(runtime: Runtime, adapter_id: str, files: dict[str, bytes]):
             (staging / name).write_bytes(data)
         if adapter_id in runtime.catalog:
             runtime.catalog.remove(adapter_id)
+        runtime.attribution.forget(adapter_id)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -316,14 +343,3 @@ def _install(runtime: Runtime, adapter_id: str, files: dict[str, bytes]):
             raise APIError("invalid_adapter", str(exc).replace(str(target), adapter_id)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _receipt_leaf(runtime: Runtime, receipt: dict[str, Any]) -> bytes:
-    r = Receipt(
-        call_id=bytes.fromhex(receipt["callId"][2:]), channel_id=bytes.fromhex(receipt["channelId"][2:]),
-        adapter_id=bytes.fromhex(receipt["adapterId"][2:]), input_tokens=int(receipt["inputTokens"]),
-        output_tokens=int(receipt["outputTokens"]), amount=int(receipt["amount"]),
-        cumulative_amount=int(receipt["cumulativeAmount"]), call_hash=bytes.fromhex(receipt["callHash"][2:]),
-        output_hash=bytes.fromhex(receipt["outputHash"][2:]), attribution_hash=bytes.fromhex(receipt["attributionHash"][2:]),
-    )  # fmt: skip
-    return leaf_hash(("bytes32",), (typed_data_digest(runtime.terms.domain, "Receipt", r.as_message()),))

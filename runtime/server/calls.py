@@ -46,7 +46,7 @@ Attributor = Callable[[AdapterInfo, list[int], str], dict[str, Any]]
 def data_share_attribution(adapter: AdapterInfo, token_ids: list[int], text: str) -> dict[str, Any]:
     """The fallback attribution: the adapter's datanets by their declared data shares."""
     return {
-        "method": "data_shares",
+        "method": "declared-shares",
         "adapter": adapter.id,
         "datanets": [{"datanetId": d.datanet_id, "weightBps": d.weight_bps} for d in adapter.terms.datanets],
         "contributors": [],
@@ -165,21 +165,24 @@ class CallService:
             self.metrics.payments.labels(result="required").inc()
             raise self._402(url, call, max_amount, "payment_required", "this adapter is paid: pay with x402 (PAYMENT-REQUIRED)")
         try:
-            payment = self.gate.verify(header, max_amount)
+            payment = self.gate.authenticate(header)
+            key = payment.idempotency_key or headers.get(x402.IDEMPOTENCY_HEADER) or "call:" + os.urandom(16).hex()
+            # A retry of a call that was charged (its response lost to a timeout or a crash) is answered from the
+            # ledger before funds are checked: its voucher is stale by then, since the call raised the total.
+            existing = self.ledger.call_by_key(key)
+            if existing is not None:
+                if existing.request_hash != call.request_hash or existing.channel_id != payment.channel_id:
+                    raise APIError("idempotency_conflict", f"idempotency key {key!r} was used for another request")
+                if existing.state == "charged":
+                    self.metrics.payments.labels(result="replayed").inc()
+                    return self._replay(call, existing.response)
+                if existing.state == "reserved":
+                    raise APIError("call_in_progress", f"the call with idempotency key {key!r} is still running")
+            payment = self.gate.fund(payment, max_amount)
         except PaymentRefused as refused:
             self.metrics.payments.labels(result=refused.code).inc()
             raise self._402(url, call, max_amount, refused.code, str(refused), status=refused.status,
                             charged=refused.charged_cumulative)  # fmt: skip
-        key = payment.idempotency_key or headers.get(x402.IDEMPOTENCY_HEADER) or "call:" + os.urandom(16).hex()
-        existing = self.ledger.call_by_key(key)
-        if existing is not None:
-            if existing.request_hash != call.request_hash:
-                raise APIError("idempotency_conflict", f"idempotency key {key!r} was used for another request")
-            if existing.state == "charged":
-                self.metrics.payments.labels(result="replayed").inc()
-                return self._replay(call, existing.response)
-            if existing.state == "reserved":
-                raise APIError("call_in_progress", f"the call with idempotency key {key!r} is still running")
         affordable = prices.max_output_tokens(payment.budget_wei, len(call.prompt_ids))
         if affordable < 1:
             raise self._402(url, call, max_amount, "insufficient_voucher",

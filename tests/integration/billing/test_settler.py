@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from eth_utils import keccak
 import requests
 
 from loraledger.runtime.billing.ledger import Ledger
@@ -34,7 +35,7 @@ def open_channel(contracts, payer, session, operator, deposit=10 * OPEN):
     return contracts.channels.open(payer, config, deposit)
 
 
-def charge_call(ledger, contracts, session, cid, call_id, amount, *, adapter="legal", headroom=5):
+def charge_call(ledger, contracts, session, cid, call_id, amount, *, adapter="legal", headroom=5, attribution=None):
     """Reserve under a real voucher for charged + amount + headroom, then charge `amount` (as the server does)."""
     cid_hex = "0x" + cid.hex()
     charged = ledger.channel(cid_hex).charged
@@ -44,9 +45,12 @@ def charge_call(ledger, contracts, session, cid, call_id, amount, *, adapter="le
     ledger.reserve(call_id=call_id, idempotency_key=call_id, request_hash="h", channel_id=cid_hex, adapter=adapter or "base",
                    adapter_id=aid, voucher_amount=voucher.cumulative_amount, voucher_call_hash="0x" + voucher.call_hash.hex(),
                    voucher_signature="0x" + sig.hex(), budget=amount + headroom)  # fmt: skip
-    ledger.charge(call_id, amount=amount, input_tokens=1, output_tokens=1,
-                  receipt={"amount": str(amount), "cumulativeAmount": str(charged + amount)}, receipt_signature="0x",
-                  attribution={}, response={})  # fmt: skip
+    receipt = {"callId": "0x" + keccak(text=call_id).hex(), "channelId": cid_hex, "adapterId": aid, "inputTokens": 1,
+               "outputTokens": 1, "amount": str(amount), "cumulativeAmount": str(charged + amount),
+               "callHash": "0x" + voucher.call_hash.hex(), "outputHash": "0x" + "00" * 32,
+               "attributionHash": "0x" + "00" * 32}  # fmt: skip
+    ledger.charge(call_id, amount=amount, input_tokens=1, output_tokens=1, receipt=receipt, receipt_signature="0x",
+                  attribution=attribution or {}, response={})  # fmt: skip
 
 
 def test_a_batch_over_many_channels_settles_the_ledger_split_to_the_last_unit(setup):
@@ -123,3 +127,39 @@ def test_an_rpc_outage_keeps_the_batch_pending_and_a_later_attempt_settles_it(se
     assert Settler(ledger, contracts, operator).settle_once().calls == 1
     assert Settler(ledger, contracts, operator).settle_once().calls == 1
     assert contracts.channels.get_channel(ch).claimed == 322
+
+
+def test_attributed_calls_fund_contributors_who_claim_with_the_posted_root(contracts, accounts, tmp_path):
+    from loraledger.runtime.attribution import AttributionRecord, ContributorWeight, DatanetWeight, epoch_roots
+
+    operator, owner, curator, alice, bob, payer, session = (accounts[i] for i in (0, 5, 6, 7, 8, 1, 2))
+    dn = contracts.datanets.create_datanet(curator, "ipfs://law")
+    contracts.datanets.register_contributions(curator, dn, [alice.address, bob.address], [b"\xaa" * 32, b"\xbb" * 32])
+    policy = RevenuePolicy(owner_bps=1_000, data_bps=4_000, protocol_bps=0)
+    contracts.adapters.register(owner, adapter_id("law"), base_model_hash=b"\x01" * 32, weights_hash=b"\x02" * 32,
+                                uri="file://law", policy=policy, datanet_ids=[dn], datanet_weights_bps=[10_000])  # fmt: skip
+    record = AttributionRecord(
+        adapter="law", method="spans", output_tokens=12, params={"minSpan": 8}, spans=(),
+        datanets=(DatanetWeight(dn, 10_000, "spans"),),
+        contributors=(ContributorWeight(dn, alice.address, 7_500), ContributorWeight(dn, bob.address, 2_500)),
+    )  # fmt: skip
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ch = open_channel(contracts, payer, session, operator)
+    charge_call(ledger, contracts, session, ch, "c1", 1_000_001, adapter="law", attribution=record.to_json())
+    charge_call(ledger, contracts, session, ch, "c2", 333, adapter="law", attribution=record.to_json())
+    settler = Settler(ledger, contracts, operator)
+    settler.settle_once()
+    # Each call's data share, floored, split 3:1 exactly: never more than the contract funded the pool with.
+    totals = ledger.contributor_totals()[dn]
+    pool = contracts.channels.get_pool(operator.address, dn)
+    assert sum(totals.values()) <= pool.funded and pool.funded - sum(totals.values()) <= 2
+    assert totals == {alice.address: (400_000 * 3 // 4) + (133 * 3 // 4 + 1), bob.address: 100_000 + 133 // 4}
+    root = epoch_roots(ledger.contributor_totals())[dn]
+    assert pool.root == root.root and pool.root_total == root.total and pool.epoch == 1
+    assert settler.post_roots() == 0  # nothing moved: nothing posted again
+    for who in (alice, bob):
+        amount, proof = root.proof(who.address)
+        before = contracts.token.balance_of(who.address)
+        contracts.channels.claim_contribution(who, operator.address, dn, amount, proof)
+        assert contracts.token.balance_of(who.address) - before == amount == totals[who.address]
+    ledger.close()
