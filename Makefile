@@ -1,6 +1,7 @@
 # Developer and CI entry points. Needs python3 (3.11+), node 20 + npm, make and a C compiler.
-#   make venv       .venv with `-e .[dev]` at the versions in constraints.txt, and node_modules (solc, anvil)
+#   make demo       the main job: `loraledger demo` (the whole system on CPU, no downloads, about a minute)
 #   make test       import contracts, then the whole pytest suite
+#   make venv       .venv with `-e .[dev]` at the versions in constraints.txt, and node_modules (solc, anvil)
 #   make contracts  recompile contracts/ into sdk/chain/artifacts/
 #   make chain      a local dev chain with the contracts deployed
 #   make clean      build outputs and caches; `make distclean` also drops .venv and node_modules
@@ -11,7 +12,7 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 PYTEST_FLAGS ?= -q --durations=10
 
-.PHONY: venv test contracts chain clean distclean
+.PHONY: venv demo test contracts chain clean distclean
 
 venv: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -27,6 +28,9 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 $(NODE_STAMP): package.json package-lock.json
 	npm install --no-save --no-audit --no-fund
 	touch $@
+
+demo: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/loraledger demo
 
 test: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/lint-imports

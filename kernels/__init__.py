@@ -1,26 +1,93 @@
-"""Triton SGMV kernels for batched multi-adapter LoRA and their torch references."""
+"""Triton SGMV kernels for batched multi-adapter LoRA and their torch references.
+
+Public operators (in place, return y):
+
+- ``lora_apply(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: one projection.
+- ``lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: up to three
+  slices of one input (qkv, gate_up) written side by side into y's columns, in one shrink and one
+  expand launch.
+
+CUDA tensors run the Triton kernels (kernels/sgmv_shrink.py, kernels/sgmv_expand.py); CPU tensors run
+the torch reference (kernels/reference.py), or the same Triton kernels through Triton's interpreter
+when it is on (TRITON_INTERPRET=1, how CI tests the kernels).
+
+``meta`` is a LoraMeta (kernels/meta.py) built once per step from token_slots and shared by every
+projection of the step; without it each call builds its own. It is derived data only: the reference
+path needs none and does not read it.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+
 import torch
 
-from .reference import lora_apply_ref
+from .meta import LoraMeta
+from .reference import lora_apply_fused_ref, lora_apply_ref
 
-__all__ = ["lora_apply"]
+__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
 
 
 def lora_apply(
-    y: torch.Tensor,  # [T, N]
+    y: torch.Tensor,  # [T, N], may be a column view of a wider tensor (y.stride(0) != N)
     x: torch.Tensor,  # [T, K]
     lora_a: torch.Tensor,  # [S, R, K]
     lora_b: torch.Tensor,  # [S, N, R]
     ranks: torch.Tensor,  # [S] integer
     scales: torch.Tensor,  # [S] float32
     token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    *,
+    meta: LoraMeta | None = None,
 ) -> torch.Tensor:
     """y[t] += scales[s] * (x[t] @ lora_a[s, :r].T) @ lora_b[s, :, :r].T for s = token_slots[t] >= 0,
     r = ranks[s]; in place, returns y.
 
-    The Triton kernels are not in yet: every device runs the torch reference for now.
+    bf16, fp16 or fp32 (x, lora_a and lora_b alike), fp32 accumulation. Work stops at each slot's real
+    rank; tokens of slot -1 and slots of rank 0 cost nothing. No host synchronisation on the kernel path.
     """
+    if _use_triton(x):
+        from .sgmv import sgmv
+
+        return sgmv(y, x, (lora_a,), (lora_b,), ranks.unsqueeze(0), scales, token_slots, meta)
     return lora_apply_ref(y, x, lora_a, lora_b, ranks, scales, token_slots)
+
+
+def lora_apply_fused(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n <= 3 x [S, R, K], one shape and strides
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R], one stride(1) and stride(2)
+    ranks: torch.Tensor,  # [n, S] integer; 0 where an adapter does not target slice i
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    *,
+    meta: LoraMeta | None = None,
+) -> torch.Tensor:
+    """For each slice i: lora_apply on y's columns offset_i .. offset_i + N_i (offset_i = N_0 + ... +
+    N_{i-1}) with lora_a[i], lora_b[i] and ranks[i]; in place, returns y.
+
+    qkv under GQA is n=3 with N_q != N_k == N_v; gate_up is n=2. Slices may be views of one stacked
+    tensor (e.g. B of qkv as [S, N_q + 2 N_k, R] cut by columns)."""
+    if _use_triton(x):
+        from .sgmv import sgmv
+
+        return sgmv(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
+    return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or _triton_interpreting()
+
+
+@functools.cache
+def _triton_interpreting() -> bool:
+    """Whether Triton runs kernels on CPU through its interpreter (TRITON_INTERPRET=1 at start-up).
+
+    Triton reads the variable itself when the kernels are defined; this asks Triton, not os.environ.
+    Without Triton (it is Linux-only) the CPU path is the reference."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["lora_apply_ref"]
+__all__ = ["lora_apply_fused_ref", "lora_apply_ref"]
 
 
 def lora_apply_ref(
-    y: torch.Tensor,  # [T, N]
+    y: torch.Tensor,  # [T, N], may be a column view (y.stride(0) != N)
     x: torch.Tensor,  # [T, K]
     lora_a: torch.Tensor,  # [S, R, K]
     lora_b: torch.Tensor,  # [S, N, R]
@@ -33,4 +33,26 @@ def lora_apply_ref(
         b = lora_b[s, :, :r].to(acc_dtype)  # [N, r]
         delta = (x[rows].to(acc_dtype) @ a.T) @ b.T * scales[s].to(acc_dtype)
         y[rows] = (y[rows].to(acc_dtype) + delta).to(y.dtype)
+    return y
+
+
+def lora_apply_fused_ref(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer; 0 where an adapter does not target slice i
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+) -> torch.Tensor:
+    """In place: for each slice i, lora_apply_ref on the columns offset_i .. offset_i + N_i of y, where
+    offset_i = N_0 + ... + N_{i-1}, with lora_a[i], lora_b[i] and ranks[i]. Returns y."""
+    width = sum(b.shape[1] for b in lora_b)
+    if width != y.shape[1]:
+        raise ValueError(f"the slices' widths add up to {width}, y has {y.shape[1]} columns")
+    offset = 0
+    for i, (a, b) in enumerate(zip(lora_a, lora_b, strict=True)):
+        n = b.shape[1]
+        lora_apply_ref(y[:, offset : offset + n], x, a, b, ranks[i], scales, token_slots)
+        offset += n
     return y

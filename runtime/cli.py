@@ -80,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     chain.set_defaults(run=_cmd_chain)
 
     from .datanets.cli import register as register_datanets
+    from .demo.cli import register as register_demo
     from .factory.cli import register as register_factory
     from .server.cli import register as register_serve
 
     register_serve(commands)
     register_datanets(commands)
     register_factory(commands)
+    register_demo(commands)
     return parser
 
 

@@ -31,7 +31,6 @@ class APIError(Exception):
         "payload_too_large": 413,
         "invalid_adapter": 422,
         "overloaded": 503,
-        "settlement_pending": 503,
         "internal_error": 500,
     }
 

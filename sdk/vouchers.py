@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_keys import keys
@@ -28,6 +27,7 @@ __all__ = [
     "channel_id",
     "check_signature_form",
     "domain_separator",
+    "receipt_digest",
     "recover_receipt_signer",
     "recover_voucher_signer",
     "sign_receipt",
@@ -263,12 +263,43 @@ def recover_voucher_signer(domain: Domain, voucher: Voucher, signature: bytes) -
     return public_key.to_checksum_address()
 
 
+_RECEIPT_TYPEHASH = keccak(
+    text="Receipt(bytes32 callId,bytes32 channelId,bytes32 adapterId,uint32 inputTokens,uint32 outputTokens,"
+    "uint128 amount,uint128 cumulativeAmount,bytes32 callHash,bytes32 outputHash,bytes32 attributionHash)"
+)
+
+
+def receipt_digest(domain: Domain, receipt: Receipt) -> bytes:
+    """The receipt's EIP-712 digest, encoded by hand like voucher_digest (the runtime signs one per paid call)."""
+    for name, value, bits in (("inputTokens", receipt.input_tokens, 32), ("outputTokens", receipt.output_tokens, 32),
+                              ("amount", receipt.amount, 128), ("cumulativeAmount", receipt.cumulative_amount, 128)):
+        if not 0 <= value < 2**bits:
+            raise ValueError(f"{name} {value} is not a uint{bits}")
+    struct = keccak(
+        _RECEIPT_TYPEHASH
+        + _bytes32(receipt.call_id)
+        + _bytes32(receipt.channel_id)
+        + _bytes32(receipt.adapter_id)
+        + receipt.input_tokens.to_bytes(32, "big")
+        + receipt.output_tokens.to_bytes(32, "big")
+        + receipt.amount.to_bytes(32, "big")
+        + receipt.cumulative_amount.to_bytes(32, "big")
+        + _bytes32(receipt.call_hash)
+        + _bytes32(receipt.output_hash)
+        + _bytes32(receipt.attribution_hash)
+    )
+    return keccak(b"\x19\x01" + domain_separator(domain) + struct)
+
+
 def sign_receipt(account: LocalAccount, domain: Domain, receipt: Receipt) -> bytes:
-    """Signs a receipt with the operator's key."""
-    return bytes(account.sign_message(_typed(domain, "Receipt", receipt.as_message())).signature)
+    """Signs a receipt with the operator's key (65 bytes, v in {27, 28}, low s)."""
+    signature = keys.PrivateKey(bytes(account.key)).sign_msg_hash(receipt_digest(domain, receipt))
+    return signature.to_bytes()[:64] + bytes([signature.v + 27])
 
 
 def recover_receipt_signer(domain: Domain, receipt: Receipt, signature: bytes) -> str:
     """The address that signed `receipt` (canonical form only; see check_signature_form)."""
-    check_signature_form(bytes(signature))
-    return Account.recover_message(_typed(domain, "Receipt", receipt.as_message()), signature=signature)
+    signature = bytes(signature)
+    check_signature_form(signature)
+    vrs = (signature[64] - 27, int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"))
+    return keys.Signature(vrs=vrs).recover_public_key_from_msg_hash(receipt_digest(domain, receipt)).to_checksum_address()

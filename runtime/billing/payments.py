@@ -232,8 +232,9 @@ class PaymentGate:
         if limit is not None and charged - state.claimed + budget > limit:
             raise PaymentRefused(
                 "settlement_pending",
-                f"channel {cid_hex} owes {charged - state.claimed} not yet settled on chain; retry after settlement",
-                status=503,
+                f"channel {cid_hex} owes {charged - state.claimed} not yet settled on chain, the most this runtime "
+                f"risks per channel; retry once settlement catches up, or pay over another channel",
+                charged_cumulative=charged,
             )
         return replace(payment, budget_wei=budget)
 
@@ -242,10 +243,10 @@ class PaymentGate:
         try:
             ch, v = body["channel"], body["voucher"]
             config = ChannelConfig(
-                payer=to_checksum_address(ch["payer"]),
-                payer_authorizer=to_checksum_address(ch["payerAuthorizer"]),
-                payee=to_checksum_address(ch["payee"]),
-                token=to_checksum_address(ch["token"]),
+                payer=_checksum(ch["payer"]),
+                payer_authorizer=_checksum(ch["payerAuthorizer"]),
+                payee=_checksum(ch["payee"]),
+                token=_checksum(ch["token"]),
                 withdraw_delay_s=_uint(ch["withdrawDelay"], 40),
                 salt=_bytes32(ch["salt"]),
             )
@@ -273,6 +274,14 @@ class PaymentGate:
             extra={"chargedCumulativeAmount": str(charged_cumulative), "receipt": receipt, "receiptSignature": signature},
         )
         return x402.encode_payment_response(response)
+
+
+@lru_cache(maxsize=65536)
+def _checksum(address: Any) -> str:
+    """Addresses repeat on every call of a channel; checksumming costs a keccak each time."""
+    if not isinstance(address, str):
+        raise TypeError(f"an address is a 0x-hex string, got {type(address).__name__}")
+    return to_checksum_address(address)
 
 
 @lru_cache(maxsize=65536)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loraledger.sdk.merkle import MerkleTree, leaf_hash
-from loraledger.sdk.vouchers import Domain, Receipt, typed_data_digest
+from loraledger.sdk.vouchers import Domain, Receipt, receipt_digest
 
 __all__ = ["receipt_from_json", "receipt_leaf", "receipts_tree"]
 
@@ -26,7 +26,7 @@ def receipt_from_json(receipt: Mapping[str, Any]) -> Receipt:
 
 def receipt_leaf(domain: Domain, receipt: Mapping[str, Any]) -> bytes:
     """A receipt's leaf: the StandardMerkleTree leaf of its EIP-712 digest (what the operator signed)."""
-    digest = typed_data_digest(domain, "Receipt", receipt_from_json(receipt).as_message())
+    digest = receipt_digest(domain, receipt_from_json(receipt))
     return leaf_hash(("bytes32",), (digest,))
 
 

@@ -21,6 +21,7 @@ import rfc8785
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from loraledger.sdk import _x402 as x402
 from loraledger.sdk.vouchers import Receipt, sign_receipt
@@ -193,7 +194,9 @@ class CallService:
             params = SamplingParams(**{**params.__dict__, "max_tokens": affordable})
         call_id = "0x" + os.urandom(32).hex()
         try:
-            self.ledger.reserve(
+            # Durable writes wait on fsync: off the event loop, so other calls go on meanwhile.
+            await run_in_threadpool(
+                self.ledger.reserve,
                 call_id=call_id,
                 idempotency_key=key,
                 request_hash=call.request_hash,
@@ -247,7 +250,7 @@ class CallService:
             body = self._body(call, request.request_id, output, finish, usage)
             headers = {}
             if paid is not None:
-                receipt, settle_header = self._charge(call, paid, token_ids, output, usage, body)
+                receipt, settle_header = await run_in_threadpool(self._charge, call, paid, token_ids, output, usage, body)
                 body["receipt"] = receipt
                 headers[x402.PAYMENT_RESPONSE_HEADER] = settle_header
             self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
@@ -291,7 +294,7 @@ class CallService:
             settle_header = None
             if paid is not None:
                 body = self._body(call, request.request_id, output, finish, usage)
-                receipt, settle_header = self._charge(call, paid, token_ids, output, usage, body)
+                receipt, settle_header = await run_in_threadpool(self._charge, call, paid, token_ids, output, usage, body)
                 body["receipt"] = receipt
                 charged = True
                 last["receipt"] = receipt

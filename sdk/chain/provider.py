@@ -24,7 +24,7 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
-from .accounts import DEV_ACCOUNT_COUNT, DEV_HD_PATH, DEV_MNEMONIC, dev_accounts
+from .accounts import DEV_ACCOUNT_COUNT, DEV_HD_PATH, DEV_MNEMONIC
 from .errors import ChainError, ContractRevert, TransactionFailed, decode_revert
 
 logger = logging.getLogger(__name__)

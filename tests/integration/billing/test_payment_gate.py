@@ -222,4 +222,4 @@ def test_unsettled_risk_limit(world, contracts):
     voucher, sig = signed(w, config, cid, 101)
     with pytest.raises(PaymentRefused) as info:
         gate.verify(header(config, voucher, sig, terms=w["terms"]), MAX)
-    assert (info.value.code, info.value.status) == ("settlement_pending", 503)
+    assert (info.value.code, info.value.status) == ("settlement_pending", 402)

@@ -192,3 +192,69 @@ def test_metrics(server):
                  "loraledger_settlement_lag_seconds"):  # fmt: skip
         assert name in text, name
 
+
+
+def _signed_upload(server, adapter_id: str, files: dict[str, bytes], signer, *, expires: int | None = None):
+    from loraledger.sdk.adapter_auth import adapter_message, files_digest, sign_adapter_message
+
+    with server.client() as c:
+        chain_id = c.get("/v1/chain").json()["chainId"]
+        expires = expires or int(time.time()) + 300
+        message = adapter_message("upload", adapter_id, chain_id=chain_id, runtime=OPERATOR, expires=expires,
+                                  files=files_digest(files))  # fmt: skip
+        return c.post("/v1/adapters", data={"adapter_id": adapter_id, "expires": str(expires),
+                                            "signature": sign_adapter_message(signer, message)},
+                      files={name: (name, data) for name, data in files.items()})  # fmt: skip
+
+
+def test_adapter_upload_and_delete_need_the_operators_or_owners_signature(server):
+    from loraledger.sdk.adapter_auth import adapter_message, sign_adapter_message
+
+    operator, stranger = Account.from_key(DEV_KEYS[0]), Account.from_key(DEV_KEYS[5])
+    src = server.root / "adapters" / "free"
+    files = {n: (src / n).read_bytes() for n in ("adapter_config.json", "adapter_model.safetensors")}
+    assert _signed_upload(server, "uploaded", files, stranger).status_code == 403
+    assert _signed_upload(server, "uploaded", files, operator, expires=int(time.time()) - 1).status_code == 401
+    broken = {**files, "adapter_model.safetensors": files["adapter_model.safetensors"][:100]}
+    bad = _signed_upload(server, "uploaded", broken, operator)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_adapter"
+    ok = _signed_upload(server, "uploaded", files, operator)
+    assert ok.status_code == 201, ok.text
+    assert ok.json() == {"id": "uploaded", "rank": 4, "registered": False, "owner": None}
+    with server.client() as c:
+        assert "uploaded" in [m["id"] for m in c.get("/v1/models").json()["data"]]
+        r = c.post("/v1/completions", json={"model": "uploaded", "prompt": "hi", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200
+        # The signature binds the files: the same signature over other bytes is refused.
+        chain_id = c.get("/v1/chain").json()["chainId"]
+        expires = int(time.time()) + 300
+        delete = adapter_message("delete", "uploaded", chain_id=chain_id, runtime=OPERATOR, expires=expires)
+        r = c.delete("/v1/adapters/uploaded", params={"expires": expires, "signature": sign_adapter_message(stranger, delete)})
+        assert r.status_code == 403
+        r = c.delete("/v1/adapters/uploaded", params={"expires": expires, "signature": sign_adapter_message(operator, delete)})
+        assert r.status_code == 200
+        assert "uploaded" not in [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert c.post("/v1/completions", json={"model": "uploaded", "prompt": "hi"}).status_code == 404
+
+
+def test_one_call_in_flight_per_channel(server):
+    """A second call on a channel whose reservation is still running is refused (409 channel_busy): two calls
+    must not spend the same voucher raise. Agents open several channels (lanes) for concurrent calls."""
+    agent = Agent(server.url, payer_key=DEV_KEYS[4], session_key=DEV_KEYS[5])
+    agent.open(OPERATOR, 10**18)
+    body = {**CHAT, "stream": True, "max_tokens": 40}
+    first = agent.http.post("/v1/chat/completions", json=body)
+    accepted = unb64(first.headers["PAYMENT-REQUIRED"])["accepts"][0]
+    hold = agent.payment(accepted, int(accepted["amount"]), "hold-1")
+    with agent.http.stream("POST", "/v1/chat/completions", json=body, headers={"PAYMENT-SIGNATURE": hold}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(lines)  # the stream has started: the reservation is held
+        second = agent.payment(accepted, 2 * int(accepted["amount"]), "second-1")
+        busy = agent.http.post("/v1/chat/completions", json=body, headers={"PAYMENT-SIGNATURE": second})
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "channel_busy"
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    with server.client() as c:
+        channel = c.get(f"/v1/channels/0x{agent.channel_id.hex()}").json()
+    assert channel["reservation"] is None and int(channel["chargedCumulativeAmount"]) > 0

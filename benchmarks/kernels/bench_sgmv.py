@@ -1,0 +1,439 @@
+"""SGMV kernels vs torch baselines, the memory floor and the base layer on Llama-3-8B shapes.
+
+Every time is the median of CUDA-graph replays with L2 flushed before each, in microseconds; the
+metadata build is not timed (the engine builds it once per step for all projections). Run on a GPU:
+
+    python benchmarks/kernels/bench_sgmv.py --out results/            # everything
+    python benchmarks/kernels/bench_sgmv.py --compile-only --shard 0/8 # warm Triton's cache in parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from loraledger.kernels import LoraMeta
+from loraledger.kernels.configs import SgmvConfig, sgmv_config
+from loraledger.kernels.sgmv import sgmv
+
+DTYPE = torch.bfloat16
+SHAPES = {"qo": (4096, 4096), "kv": (4096, 1024), "up": (4096, 14336), "down": (14336, 4096)}  # name: (K, N)
+RANKS = (8, 16, 64)
+DECODE_T = (1, 16, 64, 256, 1024)
+DECODE_N = (1, 8, 64)  # and T (all distinct)
+PREFILL = ((128, 8), (128, 32), (512, 8))  # T=4096 in segments of 128 or 512 tokens over n adapters
+
+# ../shared/DESIGN.md "Kernels to beat": rank 16, bf16, K=4096, H100 80GB HBM3, 2026-11-22.
+# (kind, T, n) -> {N: (floor_us, best_anchor_us, base_us)}
+ANCHORS = {
+    ("decode", 64, 1): {4096: (0.6, 14.1, 22.4), 14336: (1.6, 15.4, 55.7)},
+    ("decode", 64, 8): {4096: (1.2, 16.1, 22.5), 14336: (3.0, 22.4, 55.4)},
+    ("decode", 64, 64): {4096: (6.2, 29.0, 22.3), 14336: (14.2, 50.7, 55.7)},
+    ("decode", 256, 8): {4096: (2.8, 25.3, 27.8), 14336: (7.3, 33.8, 60.0)},
+    ("decode", 256, 256): {4096: (24.9, 66.2, 28.0), 14336: (56.8, 146.9, 59.3)},
+    ("decode", 1024, 1): {4096: (8.6, 30.3, 47.6), 14336: (22.9, 48.4, 155.2)},
+    ("decode", 1024, 64): {4096: (14.2, 65.4, 46.8), 14336: (35.5, 161.7, 163.7)},
+    ("decode", 1024, 1024): {4096: (99.4, 220.7, 47.0), 14336: (227.3, 545.6, 164.0)},
+    ("prefill128", 4096, 8): {4096: (34.8, 71.0, 183.4), 14336: (92.5, 160.1, 613.4)},
+    ("prefill128", 4096, 32): {4096: (36.9, 77.9, 184.0), 14336: (97.3, 192.2, 687.3)},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    kind: str  # decode | prefill128 | prefill512
+    shape: str
+    rank: int
+    t: int
+    n: int  # distinct adapters in the batch
+
+    @property
+    def k(self) -> int:
+        return SHAPES[self.shape][0]
+
+    @property
+    def width(self) -> int:
+        return SHAPES[self.shape][1]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} T={self.t} n={self.n} {self.shape} r={self.rank}"
+
+
+def grid_cases() -> list[Case]:
+    cases = []
+    for shape in SHAPES:
+        for rank in RANKS:
+            for t in DECODE_T:
+                for n in sorted({n for n in DECODE_N if n <= t} | {t}):
+                    cases.append(Case("decode", shape, rank, t, n))
+            for seg, n in PREFILL:
+                cases.append(Case(f"prefill{seg}", shape, rank, 4096, n))
+    return cases
+
+
+def anchor_cases() -> list[Case]:
+    shape_of = {4096: "qo", 14336: "up"}
+    return [Case(kind, shape_of[w], 16, t, n) for (kind, t, n), by_w in ANCHORS.items() for w in by_w]
+
+
+def token_slots(case: Case, gen: torch.Generator) -> torch.Tensor:
+    """Decode: T tokens spread uniformly over n adapters, in shuffled batch order. Prefill: segments of
+    seg tokens, segment i on adapter i mod n."""
+    if case.kind == "decode":
+        slots = torch.arange(case.t) % case.n
+        return slots[torch.randperm(case.t, generator=gen)]
+    seg = int(case.kind.removeprefix("prefill"))
+    return (torch.arange(case.t) // seg) % case.n
+
+
+class Inputs:
+    """A slot pool of n adapters at rank r (padded rank R = r), activations, and the base weight."""
+
+    def __init__(self, case: Case, device: torch.device, seed: int = 0) -> None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+        k, w, r, s = case.k, case.width, case.rank, case.n
+        self.x = torch.randn(case.t, k, device=device, dtype=DTYPE, generator=gen)
+        self.y = torch.randn(case.t, w, device=device, dtype=DTYPE, generator=gen)
+        self.lora_a = (torch.randn(s, r, k, device=device, dtype=DTYPE, generator=gen) * k**-0.5).contiguous()
+        self.lora_b = (torch.randn(s, w, r, device=device, dtype=DTYPE, generator=gen) * r**-0.5).contiguous()
+        self.ranks = torch.full((s,), r, dtype=torch.int32, device=device)
+        self.scales = torch.rand(s, device=device, dtype=torch.float32, generator=gen) + 0.5
+        self.slots_cpu = token_slots(case, torch.Generator().manual_seed(seed))
+        self.slots = self.slots_cpu.to(torch.int32).to(device)
+        self.case = case
+
+    def ours(self, cfg: SgmvConfig) -> Callable[[], None]:
+        meta = LoraMeta(self.case.t, self.x.device).build(self.slots, block_t=cfg.block_t)
+        ranks = self.ranks.unsqueeze(0)
+
+        def run() -> None:
+            sgmv(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, cfg)
+
+        return run
+
+    def torch_loop(self) -> Callable[[], None]:
+        """One gather, two matmuls and an index_add per adapter of the batch (groups known on the host)."""
+        groups = []
+        for s in torch.unique(self.slots_cpu).tolist():
+            idx = (self.slots_cpu == s).nonzero(as_tuple=True)[0].to(self.x.device)
+            groups.append((idx, self.lora_a[s], self.lora_b[s], float(self.scales[s])))
+
+        def run() -> None:
+            for idx, a, b, scale in groups:
+                delta = (self.x.index_select(0, idx) @ a.T) @ b.T
+                self.y.index_add_(0, idx, delta, alpha=scale)
+
+        return run
+
+    def torch_bmm(self) -> Callable[[], None]:
+        """Gather each token's A and B, then two batched matmuls (every token, its own adapter copy)."""
+        slots = self.slots.long()
+
+        def run() -> None:
+            a = self.lora_a.index_select(0, slots)  # [T, r, K]
+            b = self.lora_b.index_select(0, slots)  # [T, N, r]
+            h = torch.bmm(self.x.unsqueeze(1), a.transpose(1, 2))  # [T, 1, r]
+            delta = torch.bmm(h, b.transpose(1, 2)).squeeze(1)  # [T, N]
+            self.y.add_(delta * self.scales.index_select(0, slots)[:, None].to(DTYPE))
+
+        return run
+
+    def floor_bytes(self) -> int:
+        c, e = self.case, self.x.element_size()
+        return e * (c.t * c.k + c.n * c.rank * (c.k + c.width) + 2 * c.t * c.width)
+
+
+class Timer:
+    """Median of CUDA-graph replays, L2 flushed (a memset larger than L2) before each replay."""
+
+    def __init__(self, reps: int) -> None:
+        self.reps = reps
+        self.spread: list[float] = []  # max / min of the two medians, per measurement
+        self.flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+    def __call__(self, fn: Callable[[], None]) -> float:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        medians = []
+        for _ in range(2):  # two batches, the lower median: a transient slowdown of the machine shows as a gap
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(self.reps)]
+            for start, end in events:
+                self.flush.zero_()
+                start.record()
+                graph.replay()
+                end.record()
+            torch.cuda.synchronize()
+            medians.append(statistics.median(s.elapsed_time(e) * 1000 for s, e in events))
+        del graph
+        self.spread.append(max(medians) / min(medians))
+        return min(medians)
+
+
+@triton.jit
+def _chase_kernel(ptr, out_ptr, DEPTH: tl.constexpr):
+    """DEPTH dependent loads from cold memory, then one store: the latency of a chain of misses."""
+    v = tl.load(ptr)
+    for _ in tl.static_range(DEPTH - 1):
+        v = tl.load(ptr + v)
+    tl.store(out_ptr, v)
+
+
+def calibration(timer: Timer) -> dict:
+    """What the method itself costs: a graph of one or two near-empty kernels, and chains of misses."""
+    buf = torch.zeros(1 << 20, dtype=torch.int32, device="cuda")
+    buf[0 : 1 << 16 : 4096] = torch.arange(1, 17, dtype=torch.int32, device="cuda") * 4096  # 16 KB hops
+    out = torch.empty(1, dtype=torch.int32, device="cuda")
+    res = {}
+    for depth in (1, 2, 3, 4):
+        res[f"chain{depth}_us"] = timer(lambda d=depth: _chase_kernel[(1,)](buf, out, DEPTH=d))
+    res["two_kernels_us"] = timer(lambda: (_chase_kernel[(1,)](buf, out, DEPTH=1), _chase_kernel[(1,)](buf, out, DEPTH=1)))
+    res["two_kernels_pdl_us"] = timer(
+        lambda: (_chase_kernel[(1,)](buf, out, DEPTH=1), _chase_kernel[(1,)](buf, out, DEPTH=1, launch_pdl=True))
+    )
+    return res
+
+
+def warm_up() -> None:
+    """A second of matrix products, so clocks are up before anything is timed."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    end = time.time() + 1.0
+    while time.time() < end:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(timer: Timer) -> float:
+    """Device-to-device copy, bytes read plus written per second: the best of a few sizes."""
+    best = 0.0
+    for numel in (64 << 20, 256 << 20, 512 << 20):
+        src = torch.randn(numel, device="cuda", dtype=DTYPE)
+        dst = torch.empty_like(src)
+        us = timer(lambda: dst.copy_(src))  # noqa: B023
+        best = max(best, 2 * src.numel() * src.element_size() / (us * 1e-6))
+        del src, dst
+    return best
+
+
+def sweep_configs(t: int, device: torch.device) -> dict[str, SgmvConfig]:
+    """The table's config and a few neighbours for the bucket of T (for tuning)."""
+    base = sgmv_config(t, device)
+    r = dataclasses.replace
+    variants = {"table": base, "no_pdl": r(base, pdl=False)}
+    if t <= 64:
+        variants |= {
+            "k512": r(base, k_chunk=512),
+            "bk128": r(base, block_k=128),
+            "bn128": r(base, block_n=128),
+            "w4": r(base, shrink_warps=4, expand_warps=4),
+            "sw4": r(base, shrink_warps=4),
+            "pps16": r(base, programs_per_sm=16),
+        }
+    elif t <= 256:
+        variants |= {
+            "k256": r(base, k_chunk=256),
+            "k1024": r(base, k_chunk=1024),
+            "nb2": r(base, n_blocks=2),
+            "w8": r(base, shrink_warps=8, expand_warps=8),
+            "bk256": r(base, block_k=256),
+        }
+    elif t <= 1024:
+        variants |= {
+            "k2048": r(base, k_chunk=2048),
+            "nb2": r(base, n_blocks=2),
+            "w8": r(base, shrink_warps=8, expand_warps=8),
+            "pps16": r(base, programs_per_sm=16),
+        }
+    else:
+        variants |= {
+            "run3": r(base, block_t=64, k_chunk=2048, block_k=64),
+            "k512": r(base, k_chunk=512),
+            "k2048": r(base, k_chunk=2048),
+            "bt64": r(base, block_t=64),
+            "bk64": r(base, block_k=64),
+            "st4": r(base, shrink_stages=4),
+            "nb4": r(base, n_blocks=4),
+            "w4": r(base, expand_warps=4),
+            "pps8": r(base, programs_per_sm=8),
+        }
+    return variants
+
+
+def check_ours(inp: Inputs, cfg: SgmvConfig) -> float:
+    """Relative error of one application against the float64 reference (a sanity check per case)."""
+    from loraledger.kernels import lora_apply_ref
+
+    y0 = inp.y.clone()
+    inp.ours(cfg)()
+    ref = lora_apply_ref(
+        y0.double(), inp.x.double(), inp.lora_a.double(), inp.lora_b.double(), inp.ranks, inp.scales.double(), inp.slots
+    )
+    err = ((inp.y.double() - ref).norm() / (ref - y0.double()).norm()).item()
+    inp.y.copy_(y0)
+    return err
+
+
+def goals(row: dict) -> dict:
+    out = {}
+    if row.get("anchor_us") is not None:
+        out["beats_anchor"] = row["ours_us"] < row["anchor_us"]
+    if row["floor_us"] >= 20:
+        out["within_1.25x_floor"] = row["ours_us"] <= 1.25 * row["floor_us"]
+    if row["floor_us"] < 5:
+        out["at_most_8us"] = row["ours_us"] <= 8
+    if row["kind"] == "decode" and row["n"] == row["t"] and row.get("best_torch_us"):
+        out["5x_better_torch"] = row["ours_us"] * 5 <= row["best_torch_us"]
+    return out
+
+
+def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: bool, variants: dict | None) -> dict:
+    device = torch.device("cuda")
+    inp = Inputs(case, device)
+    cfg = sgmv_config(case.t, device)
+    row = dataclasses.asdict(case) | {"k": case.k, "width": case.width}
+    row["err"] = check_ours(inp, cfg)
+    row["ours_us"] = timer(inp.ours(cfg))
+    row["floor_us"] = inp.floor_bytes() / bw * 1e6
+    key = (case.shape, case.t)
+    if key not in base_cache:
+        w = torch.randn(case.width, case.k, device=device, dtype=DTYPE)
+        out = torch.empty(case.t, case.width, device=device, dtype=DTYPE)
+        base_cache[key] = timer(lambda: torch.mm(inp.x, w.T, out=out))
+        del w, out
+    row["base_us"] = base_cache[key]
+    row["lora_over_base"] = row["ours_us"] / row["base_us"]
+    if with_torch:
+        row["loop_us"] = timer(inp.torch_loop())
+        # gather+bmm copies every token's adapter: skip where that copy alone exceeds 4 GB
+        bmm_bytes = case.t * case.rank * (case.k + case.width) * 2
+        row["bmm_us"] = timer(inp.torch_bmm()) if bmm_bytes < 4 << 30 else None
+        row["best_torch_us"] = min(v for v in (row["loop_us"], row["bmm_us"]) if v is not None)
+    anchor = ANCHORS.get((case.kind, case.t, case.n), {}).get(case.width) if case.rank == 16 and case.k == 4096 else None
+    if anchor:
+        row["anchor_floor_us"], row["anchor_us"], row["anchor_base_us"] = anchor
+    if anchor:
+        from loraledger.kernels.sgmv_shrink import sgmv_shrink
+
+        meta = LoraMeta(case.t, device).build(inp.slots, block_t=cfg.block_t)
+        ranks = inp.ranks.unsqueeze(0)
+        row["shrink_only_us"] = timer(lambda: sgmv_shrink(inp.x, (inp.lora_a,), ranks, meta, cfg))
+    if variants:
+        row["variants_us"] = {name: timer(inp.ours(v)) for name, v in variants.items()}
+    row["goals"] = goals(row)
+    del inp
+    torch.cuda.empty_cache()
+    return row
+
+
+def fused_rows(timer: Timer) -> list[dict]:
+    """qkv (GQA: 4096, 1024, 1024) in one fused shrink + expand vs three lora_apply calls, rank 16."""
+    from loraledger.kernels import lora_apply, lora_apply_fused
+
+    device = torch.device("cuda")
+    rows = []
+    for kind, t, n in (("decode", 64, 8), ("decode", 256, 64), ("decode", 1024, 1024), ("prefill128", 4096, 8)):
+        parts = [Inputs(Case(kind, shape, 16, t, n), device, seed=i) for i, shape in enumerate(("qo", "kv", "kv"))]
+        slots, scales = parts[0].slots, parts[0].scales
+        y = torch.randn(t, 6144, device=device, dtype=DTYPE)
+        meta = LoraMeta(t, device).build(slots)
+        lora_a = tuple(p.lora_a for p in parts)
+        lora_b = tuple(p.lora_b for p in parts)
+        ranks = torch.stack([p.ranks for p in parts])
+        x = parts[0].x
+
+        def fused() -> None:
+            lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, slots, meta=meta)
+
+        def separate() -> None:
+            col = 0
+            for p in parts:
+                w = p.lora_b.shape[1]
+                lora_apply(y[:, col : col + w], x, p.lora_a, p.lora_b, p.ranks, scales, slots, meta=meta)
+                col += w
+
+        rows.append({"kind": kind, "t": t, "n": n, "fused_us": timer(fused), "three_calls_us": timer(separate)})
+        del parts, y
+        torch.cuda.empty_cache()
+    return rows
+
+
+def compile_only(cases: list[Case], sweep: set[Case], shard: tuple[int, int]) -> None:
+    device = torch.device("cuda")
+    for i, case in enumerate(cases):
+        if i % shard[1] != shard[0]:
+            continue
+        inp = Inputs(dataclasses.replace(case, n=min(case.n, 8)), device)
+        cfgs = sweep_configs(case.t, device) if case in sweep else {"table": sgmv_config(case.t, device)}
+        for cfg in cfgs.values():
+            inp.ours(cfg)()
+        del inp
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--compile-only", action="store_true")
+    parser.add_argument("--shard", default="0/1")
+    parser.add_argument("--no-grid", action="store_true", help="only the anchor cases")
+    parser.add_argument("--no-sweep", action="store_true")
+    args = parser.parse_args()
+    shard = tuple(int(v) for v in args.shard.split("/"))
+
+    anchors = anchor_cases()
+    cases = anchors + ([] if args.no_grid else [c for c in grid_cases() if c not in anchors])
+    down = [Case("decode", "down", 16, 64, 8), Case("decode", "down", 16, 1024, 64), Case("prefill128", "down", 16, 4096, 8)]
+    sweep = set() if args.no_sweep else set(anchors) | set(down)
+    if args.compile_only:
+        compile_only(cases, sweep, shard)
+        return
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    timer = Timer(args.reps)
+    props = torch.cuda.get_device_properties(0)
+    warm_up()
+    bw = copy_bandwidth(timer)
+    info = {"device": props.name, "sms": props.multi_processor_count, "copy_bw_TBps": bw / 1e12, "torch": torch.__version__}
+
+    info["triton"] = triton.__version__
+    info["calibration"] = calibration(timer)
+    print(json.dumps(info), flush=True)
+    base_cache: dict = {}
+    rows = []
+    t0 = time.time()
+    for i, case in enumerate(cases):
+        row = run_case(case, timer, bw, base_cache, with_torch=case.rank == 16 or case in anchors,
+                       variants=sweep_configs(case.t, torch.device("cuda")) if case in sweep else None)
+        rows.append(row)
+        print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: ours {row['ours_us']:.1f} us, "
+              f"floor {row['floor_us']:.1f}, base {row['base_us']:.1f}, err {row['err']:.1e} {row['goals']}", flush=True)
+        (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    fused = fused_rows(timer)
+    info["copy_bw_end_TBps"] = copy_bandwidth(timer) / 1e12
+    info["timing_spread_max"] = max(timer.spread)
+    info["timing_spread_p90"] = sorted(timer.spread)[int(0.9 * len(timer.spread))]
+    (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows, "fused": fused}, indent=1))
+    print(json.dumps(fused))
+
+
+if __name__ == "__main__":
+    main()

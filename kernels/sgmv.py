@@ -1,0 +1,77 @@
+"""The Triton path of lora_apply / lora_apply_fused: checks shapes, then one shrink and one expand launch."""
+
+from __future__ import annotations
+
+import torch
+
+from .configs import SgmvConfig, sgmv_config
+from .meta import LoraMeta
+from .sgmv_expand import sgmv_expand
+from .sgmv_shrink import sgmv_shrink
+
+__all__ = ["MAX_SLICES", "sgmv"]
+
+MAX_SLICES = 3  # qkv; the kernels take up to three slices in one launch
+
+
+def sgmv(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    meta: LoraMeta | None = None,
+    cfg: SgmvConfig | None = None,
+) -> torch.Tensor:
+    """y[:, off_i:off_i + N_i] += LoRA of slice i for every slice, through the Triton kernels; returns y.
+
+    Builds the metadata from token_slots when meta is None (a few small device ops; no host sync).
+    cfg overrides the tuned table (the benchmarks sweep it)."""
+    t = x.shape[0]
+    _check(y, x, lora_a, lora_b, ranks, scales, token_slots)
+    if meta is None:
+        meta = LoraMeta(max(t, 1), x.device).build(token_slots, None if cfg is None else cfg.block_t)
+    elif meta.num_tokens != t or meta.device != x.device:
+        raise ValueError(f"meta was built for {meta.num_tokens} tokens on {meta.device}, x is [{t}, K] on {x.device}")
+    if t == 0:
+        return y
+    cfg = sgmv_config(t, x.device) if cfg is None else cfg
+    pdl = cfg.pdl and x.is_cuda
+    ws = sgmv_shrink(x, lora_a, ranks, meta, cfg, pdl=pdl)
+    return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
+
+
+def _check(y, x, lora_a, lora_b, ranks, scales, token_slots) -> None:
+    """Shape, dtype and device checks, on the host, without reading device memory."""
+    n = len(lora_a)
+    if not 1 <= n <= MAX_SLICES or len(lora_b) != n:
+        raise ValueError(f"need 1 to {MAX_SLICES} slices with as many A as B, got {n} A and {len(lora_b)} B")
+    if x.dim() != 2 or y.dim() != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"x must be [T, K] and y [T, N], got {tuple(x.shape)} and {tuple(y.shape)}")
+    a0, b0 = lora_a[0], lora_b[0]
+    if a0.dim() != 3 or a0.shape[2] != x.shape[1]:
+        raise ValueError(f"lora_a must be [S, R, K={x.shape[1]}], got {tuple(a0.shape)}")
+    s, r, _ = a0.shape
+    for a in lora_a:
+        if a.shape != a0.shape or a.stride() != a0.stride() or a.dtype != x.dtype:
+            raise ValueError("every slice's lora_a must share one shape, strides and x's dtype")
+    width = 0
+    for b in lora_b:
+        if b.dim() != 3 or b.shape[0] != s or b.shape[2] != r or b.dtype != x.dtype:
+            raise ValueError(f"lora_b must be [S={s}, N, R={r}] in x's dtype, got {tuple(b.shape)} {b.dtype}")
+        if b.stride()[1:] != b0.stride()[1:]:
+            raise ValueError("every slice's lora_b must share stride(1) and stride(2)")
+        width += b.shape[1]
+    if width != y.shape[1]:
+        raise ValueError(f"the slices' widths add up to {width}, y has {y.shape[1]} columns")
+    if tuple(ranks.shape) != (n, s) or ranks.is_floating_point():
+        raise ValueError(f"ranks must be [{n}, {s}] integer, got {tuple(ranks.shape)} {ranks.dtype}")
+    if tuple(scales.shape) != (s,) or scales.dtype != torch.float32:
+        raise ValueError(f"scales must be [{s}] float32, got {tuple(scales.shape)} {scales.dtype}")
+    if tuple(token_slots.shape) != (x.shape[0],) or token_slots.is_floating_point():
+        raise ValueError(f"token_slots must be [{x.shape[0]}] integer, got {tuple(token_slots.shape)}")
+    tensors = (y, x, ranks, scales, token_slots, *lora_a, *lora_b)
+    if any(t.device != x.device for t in tensors):
+        raise ValueError("every tensor must be on x's device")

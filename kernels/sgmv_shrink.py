@@ -1,0 +1,167 @@
+"""SGMV shrink: split-K partial products x @ A[slot, :rank].T per tile, into an fp32 workspace."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import SgmvConfig, num_sms
+from .meta import LoraMeta
+
+__all__ = ["sgmv_shrink"]
+
+
+@triton.jit
+def _sgmv_shrink_kernel(
+    x_ptr,  # [T, K]
+    a0_ptr,  # [S, R, K] slice 0
+    a1_ptr,  # [S, R, K] slice 1 (a0 again when NUM_SLICES < 2)
+    a2_ptr,  # [S, R, K] slice 2 (a0 again when NUM_SLICES < 3)
+    ranks_ptr,  # [NUM_SLICES, S] integer
+    ws_ptr,  # [SPLIT_K, NUM_SLICES, T, BLOCK_R] fp32, written
+    token_order_ptr,  # [>= T] int32: token index at each sorted position
+    tile_slot_ptr,  # [>= num_tiles] int32
+    tile_start_ptr,  # [>= num_tiles] int32
+    tile_end_ptr,  # [>= num_tiles] int32
+    num_tiles_ptr,  # [1] int32
+    max_items,  # host bound on num_tiles * NUM_SLICES * SPLIT_K
+    T,
+    K,
+    stride_xt,
+    stride_xk,
+    stride_as,
+    stride_ar,
+    stride_ak,
+    stride_rank_slice,
+    NUM_SLICES: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    K_CHUNK: tl.constexpr,  # a multiple of BLOCK_K; SPLIT_K * K_CHUNK >= K
+    EVEN_K: tl.constexpr,  # K == SPLIT_K * K_CHUNK: no K masks
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dot, not tf32
+    LAUNCH_DEPENDENTS: tl.constexpr,  # let a PDL-launched expand start now
+):
+    """Semantics: for each tile (tokens p in [start, end) of one slot s), slice i with r = ranks[i, s] > 0
+    and split j: ws[j, i, p, :r] = x[order[p], Kj] @ A_i[s, :r, Kj].T over K range Kj = j*K_CHUNK + [0, K_CHUNK).
+    Work items (tile, slice, split) are strided over the programs up to a host bound; items of tiles
+    past num_tiles (read on device) do nothing."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
+    # Small batches are latency-bound (a few dependent misses to HBM): num_tiles and the tile's record
+    # are loaded together, then its rank and token indices, then x and A.
+    num_tiles = tl.load(num_tiles_ptr)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_k = tl.arange(0, BLOCK_K)
+    for w in range(tl.program_id(0), max_items, tl.num_programs(0)):
+        split = w % SPLIT_K
+        sl = (w // SPLIT_K) % NUM_SLICES
+        tile = w // (SPLIT_K * NUM_SLICES)
+        live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
+        slot = tl.load(tile_slot_ptr + tile)
+        pos = tl.load(tile_start_ptr + tile) + offs_t
+        t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
+        rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
+        tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
+        if rank > 0:
+            a_ptr = a0_ptr
+            if NUM_SLICES > 1:
+                if sl == 1:
+                    a_ptr = a1_ptr
+            if NUM_SLICES > 2:
+                if sl == 2:
+                    a_ptr = a2_ptr
+            r_mask = offs_r < rank
+            k0 = split * K_CHUNK
+            x_ptrs = x_ptr + tok[:, None] * stride_xt + (k0 + offs_k)[None, :] * stride_xk
+            a_ptrs = (
+                a_ptr
+                + slot.to(tl.int64) * stride_as
+                + offs_r[:, None] * stride_ar
+                + (k0 + offs_k)[None, :] * stride_ak
+            )
+            acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+            for k in tl.range(0, K_CHUNK, BLOCK_K, num_stages=STAGES):
+                if EVEN_K:
+                    xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
+                    av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
+                else:
+                    k_mask = (k0 + k + offs_k) < K
+                    xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+                    av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+                if IEEE_DOT:
+                    acc = tl.dot(xv, tl.trans(av), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xv, tl.trans(av), acc)
+                x_ptrs += BLOCK_K * stride_xk
+                a_ptrs += BLOCK_K * stride_ak
+            ws_ptrs = ws_ptr + ((split * NUM_SLICES + sl) * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
+            tl.store(ws_ptrs, acc, mask=t_mask[:, None])
+
+
+def sgmv_shrink(
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n <= 3 x [S, R, K], one shape and strides
+    ranks: torch.Tensor,  # [n, S] integer
+    meta: LoraMeta,
+    cfg: SgmvConfig,
+    pdl: bool = False,
+) -> torch.Tensor:
+    """Launch the shrink; returns the workspace [split_k, n, T, block_r] fp32 that sgmv_expand sums.
+
+    Rows of tiles whose slot has rank 0 in a slice, and of -1 tokens, are left unwritten: the expand
+    never reads them. `pdl` lets an expand launched with PDL start before this kernel ends."""
+    t, k = x.shape
+    a0 = lora_a[0]
+    num_slices = len(lora_a)
+    block_r = max(16, triton.next_power_of_2(a0.shape[1]))
+    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    # The expand sums the splits with one unrolled load each: at most 16.
+    k_chunk = max(cfg.k_chunk, triton.cdiv(k, 16))
+    k_chunk = min(triton.cdiv(k_chunk, block_k), triton.cdiv(k, block_k)) * block_k
+    split_k = triton.cdiv(k, k_chunk)
+    ws = torch.empty((split_k, num_slices, t, block_r), dtype=torch.float32, device=x.device)
+    max_items = meta.max_tiles(a0.shape[0]) * num_slices * split_k
+    if max_items == 0:
+        return ws
+    grid = (min(max_items, num_sms(x.device) * cfg.programs_per_sm),)
+    a1 = lora_a[1] if num_slices > 1 else a0
+    a2 = lora_a[2] if num_slices > 2 else a0
+    _sgmv_shrink_kernel[grid](
+        x,
+        a0,
+        a1,
+        a2,
+        ranks,
+        ws,
+        meta.token_order,
+        meta.tile_slot,
+        meta.tile_start,
+        meta.tile_end,
+        meta.num_tiles,
+        max_items,
+        t,
+        k,
+        x.stride(0),
+        x.stride(1),
+        a0.stride(0),
+        a0.stride(1),
+        a0.stride(2),
+        ranks.stride(0),
+        NUM_SLICES=num_slices,
+        SPLIT_K=split_k,
+        K_CHUNK=k_chunk,
+        EVEN_K=split_k * k_chunk == k,
+        BLOCK_T=meta.block_t,
+        BLOCK_R=block_r,
+        BLOCK_K=block_k,
+        STAGES=cfg.shrink_stages,
+        IEEE_DOT=x.dtype == torch.float32,
+        LAUNCH_DEPENDENTS=pdl,
+        num_warps=cfg.shrink_warps,
+    )
+    return ws
