@@ -25,11 +25,16 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_chain_arguments(parser: argparse.ArgumentParser) -> None:
-    """--rpc, --deployments and the signing key (--key-env or --dev-account)."""
+    """--rpc, --deployments (or --runtime) and the signing key (--key-env or --dev-account)."""
     parser.add_argument("--rpc", default="http://127.0.0.1:8545", help="JSON-RPC URL (default: %(default)s)")
     parser.add_argument(
         "--deployments", type=Path, default=Path("deployments.json"), help="deployments file (default: %(default)s)"
     )
+    parser.add_argument(
+        "--runtime", metavar="URL",
+        help="a runtime (e.g. http://127.0.0.1:8000): use its chain and contracts (GET /v1/chain) instead of "
+        "--rpc and --deployments",
+    )  # fmt: skip
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-env", metavar="VAR", help="environment variable holding the signer's private key")
     key.add_argument("--dev-account", type=int, metavar="N", help="dev account N of the public test mnemonic")
@@ -52,6 +57,15 @@ def connect(args: argparse.Namespace):
     from loraledger.sdk.chain.contracts import Contracts, Deployments
     from loraledger.sdk.chain.provider import rpc_chain
 
+    if args.runtime:
+        import httpx
+
+        try:
+            info = httpx.get(args.runtime.rstrip("/") + "/v1/chain", timeout=30).raise_for_status().json()
+        except httpx.HTTPError as exc:
+            raise DatanetError(f"{args.runtime}: cannot read its chain (GET /v1/chain): {exc}") from None
+        deployments = Deployments.from_json(info)
+        return Contracts(rpc_chain(deployments.rpc_url), deployments)
     if not args.deployments.is_file():
         raise DatanetError(f"{args.deployments}: no deployments file (start one with `loraledger chain`)")
     return Contracts(rpc_chain(args.rpc), Deployments.load(args.deployments))

@@ -51,7 +51,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from loraledger.sdk.chain.contracts import RevenuePolicy
     from loraledger.sdk.chain.errors import ChainError
 
-    from .publish import publish_adapter
+    from .publish import publish_adapter, write_terms
 
     try:
         owner = signer(args)
@@ -69,13 +69,29 @@ def _cmd_publish(args: argparse.Namespace) -> int:
                 )
         finally:
             contracts.chain.close()
+        write_terms(args.dir, result, price_per_input_wei=args.price_in, price_per_output_wei=args.price_out,
+                    description=args.description)  # fmt: skip
     except (PublishError, DatanetError, ChainError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"adapter {result.adapter_id!r} registered (id {result.adapter_id_hash.hex()}) owned by {result.owner}")
     print(f"datanets {list(result.datanet_ids)}, weights {list(result.datanet_weights_bps)} bps")
     print(f"transaction {result.transaction}")
-    print("to serve it, copy the folder into the runtime's adapters folder (the upload endpoint is the server's)")
+    if not args.runtime:
+        print("to serve it, pass --runtime URL (or copy the folder into a runtime's adapters folder)")
+        return 0
+    import httpx
+
+    from loraledger.sdk.adapter_auth import upload_adapter
+
+    try:
+        served = upload_adapter(args.runtime, args.dir, owner, adapter_id=result.adapter_id)
+    except (httpx.HTTPError, OSError) as exc:
+        body = exc.response.text if isinstance(exc, httpx.HTTPStatusError) else ""
+        print(f"error: registered on chain, but the runtime refused the upload: {exc} {body}", file=sys.stderr)
+        return 1
+    print(f"served by {args.runtime} as {served['id']!r} (rank {served['rank']}, "
+          f"{'with' if served['attribution'] else 'without'} its attribution index)")  # fmt: skip
     return 0
 
 
@@ -83,9 +99,11 @@ def add_publish(adapters_commands: argparse._SubParsersAction) -> None:
     """Adds `publish` under an existing `loraledger adapters` subparser group."""
     publish = adapters_commands.add_parser(
         "publish",
-        help="register a trained adapter in AdapterRegistry with its revenue policy",
+        help="register a trained adapter in AdapterRegistry and serve it on a runtime",
         description="Registers an adapter written by `loraledger train` (its manifest gives the base-model and "
-        "weights hashes and the datanets with their weights) under its folder name, with the revenue policy.",
+        "weights hashes and the datanets with their weights) under its folder name, with the revenue policy; "
+        "writes its loraledger.json (prices and the registered terms); with --runtime, uploads it there, signed "
+        "by the owner's key, so the runtime serves it with its attribution index.",
     )
     publish.add_argument("dir", type=Path, help="the adapter folder")
     publish.add_argument("--id", help="adapter id (default: the folder's name)")
@@ -93,6 +111,9 @@ def add_publish(adapters_commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--owner-bps", type=int, default=3000, help="owner share (default: %(default)s)")
     publish.add_argument("--data-bps", type=int, default=3000, help="data contributors' share (default: %(default)s)")
     publish.add_argument("--protocol-bps", type=int, default=500, help="protocol share (default: %(default)s)")
+    publish.add_argument("--price-in", type=int, default=0, help="price per input token in wei (default: free)")
+    publish.add_argument("--price-out", type=int, default=0, help="price per output token in wei (default: free)")
+    publish.add_argument("--description", default="", help="what the adapter is good at (shown to agents)")
     add_store_argument(publish)
     add_chain_arguments(publish)
     publish.set_defaults(run=_cmd_publish)

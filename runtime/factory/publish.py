@@ -18,7 +18,7 @@ from .manifest import AdapterManifest, weights_hash
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PublishError", "Published", "adapter_id_hash", "publish_adapter"]
+__all__ = ["PublishError", "Published", "adapter_id_hash", "publish_adapter", "write_terms"]
 
 _REGISTRATION_SAMPLE = 64  # contributions per datanet checked on chain before publishing
 
@@ -136,3 +136,26 @@ def _record_chain_ids(index_dir: Path, chain_ids: dict[int, int | None]) -> None
     for d in meta["datanets"]:
         d["chain_id"] = chain_ids.get(d["id"], d["chain_id"])
     path.write_text(json.dumps(meta) + "\n")
+
+
+def write_terms(
+    adapter_dir: Path | str, published: Published, *, price_per_input_wei: int, price_per_output_wei: int,
+    description: str = "",
+) -> Path:  # fmt: skip
+    """Writes the runtime's `loraledger.json` beside the adapter: its prices and what was registered on chain
+    (owner, datanets and weights, revenue policy), so a runtime serving the folder sells it on these terms."""
+    if price_per_input_wei < 0 or price_per_output_wei < 0:
+        raise PublishError("prices are whole, non-negative amounts of the token's smallest unit")
+    terms = {
+        "pricePerInputToken": str(price_per_input_wei),
+        "pricePerOutputToken": str(price_per_output_wei),
+        "owner": published.owner,
+        "datanets": [{"id": d, "weightBps": w} for d, w in zip(published.datanet_ids, published.datanet_weights_bps,
+                                                                strict=True)],  # fmt: skip
+        "revenuePolicy": {"ownerBps": published.policy.owner_bps, "dataBps": published.policy.data_bps,
+                          "protocolBps": published.policy.protocol_bps},  # fmt: skip
+        "description": description,
+    }
+    path = Path(adapter_dir) / "loraledger.json"
+    path.write_text(json.dumps(terms, indent=2) + "\n")
+    return path

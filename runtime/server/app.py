@@ -11,13 +11,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from loraledger.sdk.adapter_auth import MAX_VALIDITY_S, adapter_message, files_digest, recover_adapter_signer
+from loraledger.sdk.adapter_auth import (
+    ADAPTER_FILES,
+    MAX_VALIDITY_S,
+    REQUIRED_ADAPTER_FILES,
+    adapter_message,
+    files_digest,
+    recover_adapter_signer,
+)
 from loraledger.sdk.chain.devchain import JsonRpcHandler
 
 from ..attribution import AttributionService, epoch_roots
@@ -38,7 +45,6 @@ __all__ = ["Runtime", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-_UPLOAD_FILES = ("adapter_config.json", "adapter_model.safetensors", "loraledger.json")
 
 
 class Runtime:
@@ -184,31 +190,46 @@ def create_app(runtime: Runtime) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/adapters", status_code=201)
-    async def upload_adapter(
-        adapter_id: str = Form(...),
-        expires: int = Form(...),
-        signature: str = Form(...),
-        adapter_config: UploadFile = File(..., alias="adapter_config.json"),
-        adapter_model: UploadFile = File(..., alias="adapter_model.safetensors"),
-        terms_file: UploadFile | None = File(None, alias="loraledger.json"),
-    ):
+    async def upload_adapter(request: Request):
+        """Multipart upload of one adapter: form fields `adapter_id`, `expires`, `signature` and one part per file,
+        named by its path in the adapter folder (ADAPTER_FILES; data only: safetensors, JSON and numpy arrays
+        read without pickle). The signature is EIP-191 over adapter_message("upload", ...) by the adapter's
+        registered owner or the operator."""
+        limit = runtime.settings.max_upload_bytes
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + (1 << 20):
+            raise APIError("payload_too_large", f"the upload is above {limit} bytes")
+        try:
+            form = await request.form(max_files=len(ADAPTER_FILES), max_fields=8)
+        except Exception as exc:  # malformed multipart bodies are the client's error
+            raise APIError("invalid_request", f"expected a multipart/form-data body: {exc}") from None
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        uploads = [(k, v) for k, v in form.multi_items() if not isinstance(v, str)]
+        try:
+            adapter_id, expires, signature = fields["adapter_id"], int(fields["expires"]), fields["signature"]
+        except (KeyError, ValueError):
+            raise APIError("invalid_request", "the form needs adapter_id, expires (unix seconds) and signature") from None
         if not ADAPTER_NAME.match(adapter_id) or adapter_id == "base":
             raise APIError("invalid_request", f"{adapter_id!r} is not a valid adapter id", param="adapter_id")
         files: dict[str, bytes] = {}
-        budget = runtime.settings.max_upload_bytes
-        for name, upload in zip(_UPLOAD_FILES, (adapter_config, adapter_model, terms_file), strict=True):
-            if upload is None:
-                continue
+        budget = limit
+        for name, upload in uploads:
+            if name not in ADAPTER_FILES or name in files:
+                raise APIError("invalid_request", f"unexpected file {name!r}; an adapter upload holds {sorted(ADAPTER_FILES)}")
             data = await upload.read(budget + 1)
             budget -= len(data)
             if budget < 0:
-                raise APIError("payload_too_large", f"the upload is above {runtime.settings.max_upload_bytes} bytes")
+                raise APIError("payload_too_large", f"the upload is above {limit} bytes")
             files[name] = data
+        missing = REQUIRED_ADAPTER_FILES - set(files)
+        if missing:
+            raise APIError("invalid_request", f"missing {sorted(missing)}")
         message = adapter_message("upload", adapter_id, chain_id=runtime.terms.chain_id, runtime=runtime.terms.payee,
                                   expires=expires, files=files_digest(files))  # fmt: skip
         _authorize(runtime, adapter_id, message, signature, expires)
         info = await run_in_threadpool(_install, runtime, adapter_id, files)
-        return {"id": info.id, "rank": info.rank, "registered": info.registered, "owner": info.owner}
+        return {"id": info.id, "rank": info.rank, "registered": info.registered, "owner": info.owner,
+                "attribution": runtime.attribution.has_index(info.id)}  # fmt: skip
 
     @app.delete("/v1/adapters/{adapter_id}")
     async def delete_adapter(adapter_id: str, expires: int, signature: str):
@@ -280,7 +301,7 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v1/chain")
     async def chain_info(request: Request):
-        info = runtime.chain_info()
+        info = runtime.chain_info() | {"operator": runtime.terms.payee}
         if runtime.rpc is not None:
             info["rpcUrl"] = str(request.url_for("rpc"))
         return info
@@ -329,6 +350,7 @@ def _install(runtime: Runtime, adapter_id: str, files: dict[str, bytes]):
     target = runtime.adapters_dir / adapter_id
     try:
         for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
         if adapter_id in runtime.catalog:
             runtime.catalog.remove(adapter_id)

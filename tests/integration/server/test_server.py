@@ -216,11 +216,15 @@ def test_adapter_upload_and_delete_need_the_operators_or_owners_signature(server
     assert _signed_upload(server, "uploaded", files, stranger).status_code == 403
     assert _signed_upload(server, "uploaded", files, operator, expires=int(time.time()) - 1).status_code == 401
     broken = {**files, "adapter_model.safetensors": files["adapter_model.safetensors"][:100]}
+    for name in ("../escape.json", "adapter_model.bin", "attribution/../../x.npy", "run.py"):  # data files only
+        r = _signed_upload(server, "uploaded", {**files, name: b"{}"}, operator)
+        assert r.status_code == 400 and "unexpected file" in r.json()["error"]["message"], name
+    assert not (server.root / "escape.json").exists()
     bad = _signed_upload(server, "uploaded", broken, operator)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_adapter"
     ok = _signed_upload(server, "uploaded", files, operator)
     assert ok.status_code == 201, ok.text
-    assert ok.json() == {"id": "uploaded", "rank": 4, "registered": False, "owner": None}
+    assert ok.json() == {"id": "uploaded", "rank": 4, "registered": False, "owner": None, "attribution": False}
     with server.client() as c:
         assert "uploaded" in [m["id"] for m in c.get("/v1/models").json()["data"]]
         r = c.post("/v1/completions", json={"model": "uploaded", "prompt": "hi", "max_tokens": 2, "temperature": 0})
