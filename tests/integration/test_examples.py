@@ -81,8 +81,8 @@ def test_langchain_agent_example(runtime, tmp_path):
     assert "tool_call, adapter_call, receipt, tool_result, payment" in printed
 
 
-def test_sdk_quickstart_example(runtime, tmp_path):
+def test_quickstart_example(runtime, tmp_path):
     env = {**ENV, "LORALEDGER_PRIVATE_KEY": AGENT_KEY}
-    printed = _run(str(REPO / "examples" / "sdk_quickstart.py"), "--base-url", runtime, "--adapter", "legal-expert",
+    printed = _run(str(REPO / "examples" / "quickstart.py"), "--base-url", runtime, "--adapter", "legal-expert",
                    "--trace-out", str(tmp_path / "trace.jsonl"), env=env)  # fmt: skip
     assert "signed by the operator" in printed and "anchored" in printed

@@ -147,7 +147,7 @@ def test_concurrent_async_calls_use_several_lanes(runtime_url, contracts):
 
 
 def test_the_quickstart_example_runs(runtime_url, tmp_path):
-    example = Path(__file__).resolve().parents[2] / "examples" / "sdk_quickstart.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LORALEDGER_PRIVATE_KEY": dev_accounts()[7].key.hex()}
     result = subprocess.run(
         [sys.executable, str(example), "--base-url", runtime_url, "--adapter", "legal", "--trace-out", str(tmp_path / "t.jsonl")],

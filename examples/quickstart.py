@@ -7,7 +7,7 @@ Run a runtime with its embedded chain first (it serves the chain at /rpc and its
 then, with a funded key (dev account 1 of the `test test ... junk` mnemonic holds 1,000,000 OPEN on dev chains):
 
     LORALEDGER_PRIVATE_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d \\
-        python examples/sdk_quickstart.py --adapter legal
+        python examples/quickstart.py --adapter legal
 """
 
 from __future__ import annotations
