@@ -85,7 +85,9 @@ class Runtime:
             operator=chain.operator, metrics=self.metrics, max_tokens_limit=settings.max_tokens_limit,
             attributor=attributor or self._attribute,
         )  # fmt: skip
-        self.rpc = JsonRpcHandler(chain.chain) if chain.embedded else None
+        # The public /rpc serves reads and raw transactions only: evm_revert or evm_increaseTime from an outsider
+        # would rewrite the history the ledger was settled against.
+        self.rpc = JsonRpcHandler(chain.chain, methods=("eth_", "net_", "web3_")) if chain.embedded else None
         self.metrics.bind(
             engine_stats=engine.stats, unsettled=self.ledger.unsettled_amount,
             last_settled_at=lambda: self.settler.last_settled_at, settlement_error=lambda: self.settler.last_error,

@@ -237,7 +237,7 @@ class CallService:
         try:
             token_ids: list[int] = []
             text: list[str] = []
-            finish, usage = None, None
+            finish, usage, error = None, None, None
             async for event in self.engine.generate(request):
                 token_ids.extend(event.token_ids)
                 text.append(event.text)
@@ -265,7 +265,7 @@ class CallService:
 
     async def _stream(self, call: PreparedCall, paid: _Paid | None, request: GenerationRequest) -> AsyncIterator[str]:
         chunk_id = request.request_id
-        charged = False
+        resolved = False  # the reservation was charged or released
         try:
             token_ids: list[int] = []
             text: list[str] = []
@@ -285,7 +285,7 @@ class CallService:
                                       "type": "server_error", "code": "internal_error"}}, event="error")  # fmt: skip
                 if paid is not None:
                     self.ledger.release(paid.call_id, "generation failed")
-                    charged = True  # released: nothing left to undo
+                    resolved = True
                 return
             output = "".join(text)
             last = self._chunk(call, chunk_id, {} if call.kind == "chat.completion" else "", finish)
@@ -296,7 +296,7 @@ class CallService:
                 body = self._body(call, request.request_id, output, finish, usage)
                 receipt, settle_header = await run_in_threadpool(self._charge, call, paid, token_ids, output, usage, body)
                 body["receipt"] = receipt
-                charged = True
+                resolved = True
                 last["receipt"] = receipt
             self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
@@ -305,7 +305,7 @@ class CallService:
                 yield f"event: {x402.STREAM_PAYMENT_EVENT}\ndata: {settle_header}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            if paid is not None and not charged:
+            if paid is not None and not resolved:
                 self.ledger.release(paid.call_id, "the stream ended before its receipt")
             self.metrics.requests_in_flight.dec()
 

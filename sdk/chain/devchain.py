@@ -45,10 +45,13 @@ class JsonRpcHandler:
 
     Used by JsonRpcServer and by the runtime, which serves its embedded chain at `/rpc`."""
 
-    def __init__(self, chain: Chain):
+    def __init__(self, chain: Chain, *, methods: tuple[str, ...] | None = None):
+        """`methods`: the method-name prefixes served (e.g. ("eth_", "net_", "web3_") keeps the evm_* time travel
+        and snapshot methods away from the public); None serves everything the chain knows."""
         bare = Web3(chain.w3.provider, middleware=[])
         self._request = chain.w3.provider.request_func(bare, bare.middleware_onion)
         self._lock = threading.Lock()
+        self._methods = methods
 
     def handle_body(self, raw: bytes) -> Any:
         """The response to one HTTP body: a response object, or a list of them for a batch."""
@@ -68,6 +71,8 @@ class JsonRpcHandler:
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
             return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "invalid request"}}
         params = request.get("params") or []
+        if self._methods is not None and not request["method"].startswith(self._methods):
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": f"method not served: {request['method']}"}}
         with self._lock:
             try:
                 response = self._request(request["method"], params)

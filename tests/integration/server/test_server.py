@@ -33,6 +33,10 @@ def test_health_models_and_chain(server):
         assert chain["rpcUrl"] == server.url + "/rpc"
         rpc = c.post("/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}).json()
         assert int(rpc["result"], 16) == chain["chainId"]
+        # Dev-chain controls would let anyone rewrite settled history: not served.
+        for method in ("evm_snapshot", "evm_revert", "evm_increaseTime", "evm_mine"):
+            r = c.post("/rpc", json={"jsonrpc": "2.0", "id": 2, "method": method, "params": []}).json()
+            assert r["error"]["code"] == -32601, method
 
 
 def test_the_official_openai_client_works_for_free_adapters(server):
