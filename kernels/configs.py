@@ -14,9 +14,11 @@ __all__ = ["SgmvConfig", "block_t_for", "sgmv_config"]
 class SgmvConfig:
     """Launch parameters of one shrink + expand pair.
 
-    block_t: tokens per tile (the metadata's tiles; a tile holds tokens of one slot only).
-    k_chunk: K elements per split of the shrink (split-K: cdiv(K, k_chunk) partial sums per tile,
-        summed by the expand, so small batches spread the K loop over many programs).
+    block_t: tokens per tile (the metadata's tiles; a tile holds tokens of one slot only). A prebuilt
+        LoraMeta brings its own block_t; this one is used when the call builds the metadata.
+    k_chunk, max_splits: the shrink splits K into chunks of at least k_chunk elements and at most
+        max_splits (<= 16) chunks (split-K: one partial sum per chunk, summed by the expand), so small
+        batches spread the K loop over many programs.
     block_k, block_n: the shrink's K step and the expand's column block (capped so that a B tile
         holds at most 8192 elements: narrower for the larger padded ranks).
     n_blocks: column blocks one expand work item walks (reuses its partial sums, pipelines y).
@@ -27,6 +29,7 @@ class SgmvConfig:
 
     block_t: int
     k_chunk: int
+    max_splits: int
     block_k: int
     shrink_warps: int
     shrink_stages: int
@@ -44,14 +47,14 @@ _Table = tuple[tuple[int, SgmvConfig], ...]
 # (its config sweep; see benchmarks/RESULTS.md). Decode buckets: one to a few k-blocks per shrink item
 # (latency), prefill: more tiles of fewer tokens and narrower column blocks (more work in flight).
 _SM90: _Table = (
-    (64, SgmvConfig(block_t=16, k_chunk=256, block_k=256, shrink_warps=8, shrink_stages=2,
-                    block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8, pdl=True)),
-    (256, SgmvConfig(block_t=16, k_chunk=512, block_k=128, shrink_warps=4, shrink_stages=2,
-                     block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
-    (1024, SgmvConfig(block_t=16, k_chunk=1024, block_k=128, shrink_warps=4, shrink_stages=3,
-                      block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
-    (1 << 62, SgmvConfig(block_t=32, k_chunk=1024, block_k=128, shrink_warps=4, shrink_stages=3,
-                         block_n=128, n_blocks=2, expand_warps=8, programs_per_sm=4, pdl=True)),
+    (64, SgmvConfig(block_t=16, k_chunk=256, max_splits=16, block_k=256, shrink_warps=8,
+                    shrink_stages=2, block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8, pdl=True)),
+    (256, SgmvConfig(block_t=16, k_chunk=512, max_splits=16, block_k=128, shrink_warps=4,
+                     shrink_stages=2, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
+    (1024, SgmvConfig(block_t=16, k_chunk=1024, max_splits=16, block_k=128, shrink_warps=4,
+                      shrink_stages=3, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
+    (1 << 62, SgmvConfig(block_t=32, k_chunk=1024, max_splits=4, block_k=128, shrink_warps=4,
+                         shrink_stages=3, block_n=128, n_blocks=2, expand_warps=8, programs_per_sm=4, pdl=True)),
 )
 
 # Other CUDA GPUs: the Hopper shapes without PDL (untuned).
@@ -59,8 +62,8 @@ _DEFAULT: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM9
 
 # The Triton interpreter (CPU): small tiles, few programs, several work items each.
 _INTERPRETER: _Table = (
-    (1 << 62, SgmvConfig(block_t=16, k_chunk=64, block_k=32, shrink_warps=4, shrink_stages=1,
-                         block_n=32, n_blocks=2, expand_warps=4, programs_per_sm=3, pdl=False)),
+    (1 << 62, SgmvConfig(block_t=16, k_chunk=64, max_splits=16, block_k=32, shrink_warps=4,
+                         shrink_stages=1, block_n=32, n_blocks=2, expand_warps=4, programs_per_sm=3, pdl=False)),
 )
 
 

@@ -121,7 +121,7 @@ def sgmv_shrink(
     block_r = max(16, triton.next_power_of_2(a0.shape[1]))
     block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
     # The expand sums the splits with one unrolled load each: at most 16.
-    k_chunk = max(cfg.k_chunk, triton.cdiv(k, 16))
+    k_chunk = max(cfg.k_chunk, triton.cdiv(k, min(cfg.max_splits, 16)))
     k_chunk = min(triton.cdiv(k_chunk, block_k), triton.cdiv(k, block_k)) * block_k
     split_k = triton.cdiv(k, k_chunk)
     ws = torch.empty((split_k, num_slices, t, block_r), dtype=torch.float32, device=x.device)

@@ -264,8 +264,8 @@ def sweep_configs(t: int, device: torch.device) -> dict[str, SgmvConfig]:
         }
     else:
         variants |= {
-            "run3": r(base, block_t=64, k_chunk=2048, block_k=64),
-            "k512": r(base, k_chunk=512),
+            "run3": r(base, block_t=64, k_chunk=2048, max_splits=16, block_k=64),
+            "split8": r(base, max_splits=8),
             "k2048": r(base, k_chunk=2048),
             "bt64": r(base, block_t=64),
             "bk64": r(base, block_k=64),
