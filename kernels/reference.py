@@ -1,10 +1,10 @@
-"""Torch semantics of the LoRA operators: the CPU path, the test oracle and the benchmark baseline."""
+"""Torch semantics of the kernels' operators: the CPU path, the test oracle and the benchmark baseline."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["lora_apply_fused_ref", "lora_apply_ref"]
+__all__ = ["lora_apply_fused_ref", "lora_apply_ref", "paged_attention_ref"]
 
 
 def lora_apply_ref(
@@ -56,3 +56,37 @@ def lora_apply_fused_ref(
         lora_apply_ref(y[:, offset : offset + n], x, a, b, ranks[i], scales, token_slots)
         offset += n
     return y
+
+
+def paged_attention_ref(
+    q: torch.Tensor,  # [B, H, D] one query token per sequence
+    k_cache: torch.Tensor,  # [num_blocks, block_size, KV_H, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, KV_H, D]
+    block_tables: torch.Tensor,  # [B, max_blocks] integer
+    context_lens: torch.Tensor,  # [B] integer
+    scale: float,
+    *,
+    sliding_window: int | None = None,
+) -> torch.Tensor:  # [B, H, D] q's dtype
+    """For each b, h: g = h // (H // KV_H), L = context_lens[b], keys j in [max(0, L - sliding_window), L);
+    out[b, h] = softmax_j(scale * q[b, h] . K_b[j, g]) @ V_b[j, g] with K_b[j] = k_cache[block_tables[b,
+    j // block_size], j % block_size] (V alike). Rows with L = 0 are 0.
+
+    Computes in fp32 (or in q's dtype when that is wider). Loops over the sequences on the host.
+    """
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)
+    num_heads, head_dim = q.shape[1:]
+    block_size, num_kv_heads = k_cache.shape[1:3]
+    out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    for b, length in enumerate(context_lens.tolist()):
+        if length == 0:
+            continue
+        lo = 0 if sliding_window is None else max(0, length - sliding_window)
+        blocks = block_tables[b, : -(-length // block_size)].long()
+        keys = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[lo:length].to(acc_dtype)  # [L', KV_H, D]
+        values = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[lo:length].to(acc_dtype)
+        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)  # [L', H, D]
+        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        scores = torch.einsum("hd,jhd->hj", q[b].to(acc_dtype), keys) * scale  # [H, L']
+        out[b] = torch.einsum("hj,jhd->hd", scores.softmax(dim=-1), values)
+    return out.to(q.dtype)

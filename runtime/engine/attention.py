@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,23 @@ class AttentionMetadata:
     positions_padded: torch.Tensor  # [B, max_query_len] int64 position of each query row; 0 for padding
     max_query_len: int
     max_context_len: int
+    num_decode_rows: int = 0  # rows [0, d) have one new token each (token t is row t); the engine puts them first
+    max_prefill_context_len: int = 0  # max of context_lens over rows [d, B)
+
+    @functools.cached_property
+    def prefill_rows(self) -> AttentionMetadata:
+        """Rows [num_decode_rows, B) and their tokens as metadata of their own (the torch path's share)."""
+        d = self.num_decode_rows
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[d:],
+            block_tables=self.block_tables[d:],
+            context_lens=self.context_lens[d:],
+            token_seq=self.token_seq[d:] - d,
+            token_index=self.token_index[d:],
+            positions_padded=self.positions_padded[d:],
+            max_query_len=self.max_query_len,
+            max_context_len=self.max_prefill_context_len,
+        )
 
 
 def paged_attention(
@@ -34,10 +53,42 @@ def paged_attention(
 ) -> torch.Tensor:  # [T, heads, D]
     """Causal attention of each sequence's new tokens over its cached context, through its block table.
 
-    Reference path (CPU and, for now, GPU): gathers the blocks of the step's sequences (not the whole
-    cache) into a padded [B, max_blocks * block_size] view and runs SDPA with a causal/length mask.
-    A paged-attention kernel that reads the block tables directly replaces it on the GPU.
+    On CUDA, or on CPU under Triton's interpreter, the single-token rows (decodes) run the paged-attention
+    kernel (kernels/paged_attention.py), which reads K/V through the block tables; the other rows
+    (prefill chunks) take the torch path. On CPU every row takes the torch path.
     """
+    d = meta.num_decode_rows
+    if d == 0 or not _use_kernel(q):
+        return _gathered_attention(q, k_cache, v_cache, meta, scale, sliding_window)
+    from loraledger.kernels.paged_attention import paged_attention as paged_decode_attention
+
+    # Row t's one token is token t, at position context_lens[t] - 1.
+    out = paged_decode_attention(
+        q[:d],
+        k_cache,
+        v_cache,
+        meta.block_tables[:d],
+        meta.context_lens[:d],
+        scale,
+        sliding_window=sliding_window,
+        max_context_len=meta.max_context_len,
+    )
+    if d == meta.block_tables.shape[0]:
+        return out
+    prefill = _gathered_attention(q[d:], k_cache, v_cache, meta.prefill_rows, scale, sliding_window)
+    return torch.cat((out, prefill))
+
+
+def _gathered_attention(
+    q: torch.Tensor,  # [T, heads, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, kv_heads, D]
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:  # [T, heads, D]
+    """The torch path: gathers the blocks of meta's sequences (not the whole cache) into a padded
+    [B, max_blocks * block_size] view and runs SDPA with a causal/length mask."""
     num_seqs = meta.block_tables.shape[0]
     heads, dim = q.shape[1:]
     block_size, kv_heads = k_cache.shape[1:3]
@@ -57,3 +108,18 @@ def paged_attention(
         q_pad.transpose(1, 2), keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=heads != kv_heads
     )  # [B, heads, Q, D]
     return out.transpose(1, 2)[meta.token_seq, meta.token_index]
+
+
+def _use_kernel(q: torch.Tensor) -> bool:
+    return q.is_cuda or _triton_interpreting()
+
+
+@functools.cache
+def _triton_interpreting() -> bool:
+    """Whether Triton runs kernels on CPU through its interpreter (TRITON_INTERPRET=1 at start-up), as
+    the kernels' own dispatch decides it; without Triton (Linux-only) the CPU path is torch."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    import triton
+
+    return bool(triton.knobs.runtime.interpret)

@@ -315,6 +315,9 @@ class Engine:
     def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> dict:
         """Flattens the step's sequences into one token batch and builds its metadata on the host."""
         bs = self.config.block_size
+        # Single-token rows (decodes) first: attention runs rows [0, num_decode_rows) through the decode kernel.
+        scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
+        num_decode_rows = sum(n == 1 for _, n in scheduled)
         input_ids, positions, slot_mapping, token_slots = [], [], [], []
         token_seq, token_index, logits_indices, sampled = [], [], [], []
         context_lens, tables = [], []
@@ -350,6 +353,8 @@ class Engine:
             positions_padded=dev(positions_padded),
             max_query_len=max_q,
             max_context_len=max(context_lens),
+            num_decode_rows=num_decode_rows,
+            max_prefill_context_len=max(context_lens[num_decode_rows:], default=0),
         )
         lora = None
         if any(s >= 0 for s in token_slots):
