@@ -4,12 +4,15 @@ Public operators (in place, return y):
 
 - ``lora_apply(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: one projection.
 - ``lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: up to three
-  slices of one input (qkv, gate_up) written side by side into y's columns, in one shrink and one
-  expand launch.
+  slices of one input (qkv, gate_up) written side by side into y's columns, all slices in the same
+  launches.
 
-CUDA tensors run the Triton kernels (kernels/sgmv_shrink.py, kernels/sgmv_expand.py); CPU tensors run
-the torch reference (kernels/reference.py), or the same Triton kernels through Triton's interpreter
-when it is on (TRITON_INTERPRET=1, how CI tests the kernels).
+CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
+same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
+Two paths, one operator: small batches take one launch (kernels/sgmv_fused.py: each program shrinks
+its tile over the whole K, then expands a column group), larger ones a split-K shrink and an expand
+(kernels/sgmv_shrink.py, kernels/sgmv_expand.py); configs.prefers_fused decides from host-known
+sizes (T, N, K, R and the bound on the batch's tiles, which a LoraMeta built with num_adapters tightens).
 
 ``meta`` is a LoraMeta (kernels/meta.py) built once per step from token_slots and shared by every
 projection of the step; without it each call builds its own. It is derived data only: the reference
@@ -47,9 +50,7 @@ def lora_apply(
     rank; tokens of slot -1 and slots of rank 0 cost nothing. No host synchronisation on the kernel path.
     """
     if _use_triton(x):
-        from .sgmv import sgmv
-
-        return sgmv(y, x, (lora_a,), (lora_b,), ranks.unsqueeze(0), scales, token_slots, meta)
+        return _triton_apply(y, x, (lora_a,), (lora_b,), ranks.unsqueeze(0), scales, token_slots, meta)
     return lora_apply_ref(y, x, lora_a, lora_b, ranks, scales, token_slots)
 
 
@@ -70,10 +71,35 @@ def lora_apply_fused(
     qkv under GQA is n=3 with N_q != N_k == N_v; gate_up is n=2. Slices may be views of one stacked
     tensor (e.g. B of qkv as [S, N_q + 2 N_k, R] cut by columns)."""
     if _use_triton(x):
-        from .sgmv import sgmv
-
-        return sgmv(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
+        return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
     return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
+
+
+def _triton_apply(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    meta: LoraMeta | None,
+) -> torch.Tensor:
+    """Check, build the metadata if needed, then one launch or two as configs.prefers_fused says."""
+    from .configs import fused_config, prefers_fused
+    from .sgmv import prepare, two_launches
+    from .sgmv_fused import sgmv_fused
+
+    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
+    t = x.shape[0]
+    if t == 0:
+        return y
+    fused = fused_config(x.device)
+    s, r, k = lora_a[0].shape
+    widths = tuple(b.shape[1] for b in lora_b)
+    if prefers_fused(fused, t, meta.max_tiles(s), meta.block_t, widths, k, r, x.element_size()):
+        return sgmv_fused(y, x, lora_a, lora_b, ranks, scales, meta, fused)
+    return two_launches(y, x, lora_a, lora_b, ranks, scales, meta)
 
 
 def _use_triton(x: torch.Tensor) -> bool:

@@ -1,4 +1,4 @@
-"""Block sizes of the SGMV kernels, per GPU family and token-count bucket, in one small table."""
+"""Block sizes of the SGMV kernels, per GPU family and token-count bucket, and when one launch beats two."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-__all__ = ["SgmvConfig", "block_t_for", "sgmv_config"]
+__all__ = ["FusedConfig", "SgmvConfig", "block_t_for", "fused_config", "fused_group_width", "prefers_fused", "sgmv_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,84 @@ _INTERPRETER: _Table = (
     (1 << 62, SgmvConfig(block_t=16, k_chunk=64, max_splits=16, block_k=32, shrink_warps=4,
                          shrink_stages=1, block_n=32, n_blocks=2, expand_warps=4, programs_per_sm=3, pdl=False)),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedConfig:
+    """Launch parameters of the one-launch path (kernels/sgmv_fused.py) and the rule that picks it.
+
+    block_n, n_blocks: a program expands n_blocks column blocks of block_n columns (capped, as in the
+        expand, so that a B tile holds at most 8192 elements); every program recomputes its tile's
+        shrink over the whole K, so fewer, wider column groups mean less recomputation but fewer programs.
+    block_k, warps, stages: the shrink's K step, warps per program, software-pipelining depth.
+    max_tokens: the one-launch path is never taken for larger T.
+    max_recompute_mb: nor when the shrink's reads summed over every program, at the host bound on the
+        tiles, exceed this (MB through L2): tiles * column groups * (tile rows + R) * K * element size.
+    max_program_kb: nor when one program's shrink reads more than this ((tile rows + R) * K * element
+        size): that serial read sets the kernel's latency.
+    """
+
+    block_n: int
+    n_blocks: int
+    block_k: int
+    warps: int
+    stages: int
+    max_tokens: int
+    max_recompute_mb: float
+    max_program_kb: float
+
+
+# Hopper, from the comparison of both paths in benchmarks/kernels/bench_sgmv.py on an H100 (benchmarks/
+# RESULTS.md, 2026-11-23): the block sizes are the sweep's best (512-column groups), but one launch lost
+# to two in 127 of the 132 decode cases with T <= 256 (by 1.3-2.5x at T <= 64: a program's serial walk
+# over the whole K costs about 0.45 us per 256-wide step, which the split-K shrink spreads over programs)
+# and won the other 5 by under 5%, so the rule never picks it (max_tokens=0): forced calls only.
+_SM90_FUSED = FusedConfig(block_n=128, n_blocks=4, block_k=256, warps=4, stages=3,
+                          max_tokens=0, max_recompute_mb=64.0, max_program_kb=1024.0)
+# The interpreter: small blocks; the rule picks one launch for small batches so that CI runs the dispatch
+# both ways (the tests also force each path).
+_INTERPRETER_FUSED = FusedConfig(block_n=32, n_blocks=2, block_k=32, warps=4, stages=1,
+                                 max_tokens=64, max_recompute_mb=64.0, max_program_kb=1024.0)
+
+
+def fused_config(device: torch.device) -> FusedConfig:
+    """The one-launch path's config on device (CPU means the interpreter; other GPUs take Hopper's)."""
+    return _INTERPRETER_FUSED if device.type != "cuda" else _SM90_FUSED
+
+
+def fused_group_width(cfg: FusedConfig, max_rank: int, widths: tuple[int, ...]) -> int:
+    """Columns one program of the one-launch path expands: n_blocks blocks of its block_n, capped so that
+    a B tile of the padded rank holds at most 8192 elements and no block is wider than the widest slice."""
+    block_r = max(16, _next_pow2(max_rank))
+    return min(cfg.block_n, 8192 // block_r, max(16, _next_pow2(max(widths)))) * cfg.n_blocks
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def prefers_fused(
+    cfg: FusedConfig,
+    num_tokens: int,
+    max_tiles: int,  # host bound on the metadata's tiles (LoraMeta.max_tiles)
+    block_t: int,
+    widths: tuple[int, ...],  # N_i of each slice
+    k: int,
+    max_rank: int,  # R, the pool's padded rank
+    element_size: int,
+) -> bool:
+    """Whether one launch (sgmv_fused) is expected to beat two (shrink + expand) for this call.
+
+    Host quantities only: the number of adapters in the batch lives on the device; the tiles' bound
+    brings the caller's hint of it when LoraMeta.build had one."""
+    if num_tokens > cfg.max_tokens or max_tiles == 0:
+        return False
+    group = fused_group_width(cfg, max_rank, widths)
+    groups = sum(-(-n // group) for n in widths)
+    rows = min(block_t, num_tokens)
+    program_bytes = (rows + max_rank) * k * element_size
+    return (program_bytes <= cfg.max_program_kb * 1024
+            and max_tiles * groups * program_bytes <= cfg.max_recompute_mb * (1 << 20))
 
 
 @functools.lru_cache(maxsize=16)

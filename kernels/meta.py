@@ -29,8 +29,9 @@ class LoraMeta:
         tile_end    [max_tokens + 1]  one past its last sorted position
         num_tiles   [1]               how many tiles the last build wrote (<= tokens, <= T/block_t + slots)
 
-    Host attributes of the last build: `num_tokens` (T) and `block_t`; both follow from T alone, so
-    they are the same on every step of one CUDA-graph batch-size bucket.
+    Host attributes of the last build: `num_tokens` (T) and `block_t`, which follow from T alone (so
+    they are the same on every step of one CUDA-graph batch-size bucket), and `num_adapters`, the
+    caller's bound on the batch's distinct slots when it gave one (None otherwise).
 
     Usage (the engine, once per step, then for every projection of the step):
 
@@ -58,20 +59,29 @@ class LoraMeta:
         self._positions = torch.arange(max_tokens, dtype=torch.int64, device=self.device)
         self.num_tokens = 0
         self.block_t = 0
+        self.num_adapters: int | None = None
 
-    def build(self, token_slots: torch.Tensor, block_t: int | None = None) -> LoraMeta:
+    def build(
+        self, token_slots: torch.Tensor, block_t: int | None = None, *, num_adapters: int | None = None
+    ) -> LoraMeta:
         """Refill the buffers for `token_slots` ([T] integer, -1 = no adapter); returns self.
 
-        `block_t` (tokens per tile) defaults to the tuned value for T on this device. Slots are not
-        range-checked (that would need a host sync): a slot >= the pool's size is the caller's bug.
+        `block_t` (tokens per tile) defaults to the tuned value for T on this device. `num_adapters` is
+        an optional host-side bound on the number of distinct slots >= 0 in token_slots (the engine knows
+        it from its scheduler): it tightens the launch grids and lets the kernels' dispatch pick one
+        launch where that pays. It is trusted, not checked (that would need a host sync): an under-count
+        leaves tokens without their LoRA; under CUDA-graph replay it must hold for every replayed batch.
+        Slots are not range-checked either: a slot >= the pool's size is the caller's bug.
         """
+        if num_adapters is not None and num_adapters < 0:
+            raise ValueError(f"num_adapters must be >= 0, got {num_adapters}")
         t = token_slots.shape[0]
         if token_slots.dim() != 1 or t > self.max_tokens:
             raise ValueError(f"token_slots must be [T] with T <= {self.max_tokens}, got {tuple(token_slots.shape)}")
         if token_slots.device != self.device:
             raise ValueError(f"token_slots is on {token_slots.device}, the buffers on {self.device}")
         bt = block_t_for(t, self.device) if block_t is None else block_t
-        self.num_tokens, self.block_t = t, bt
+        self.num_tokens, self.block_t, self.num_adapters = t, bt, num_adapters
         if t == 0:
             self.num_tiles.zero_()
             return self
@@ -101,6 +111,11 @@ class LoraMeta:
         return self
 
     def max_tiles(self, num_slots: int) -> int:
-        """An upper bound on num_tiles for the last build, known on the host: sizes the launch grids."""
+        """An upper bound on num_tiles for the last build, known on the host: sizes the launch grids.
+
+        A segment of l tokens takes ceil(l / block_t) tiles: at most T / block_t + (adapters - 1) over all."""
         t, bt = self.num_tokens, self.block_t
-        return min(t, -(-t // bt) + num_slots - 1) if t else 0
+        adapters = num_slots if self.num_adapters is None else min(num_slots, self.num_adapters)
+        if t == 0 or adapters == 0:
+            return 0
+        return min(t, -(-t // bt) + adapters - 1)

@@ -1,17 +1,61 @@
-"""The Triton path of lora_apply / lora_apply_fused: checks shapes, then one shrink and one expand launch."""
+"""The Triton paths of lora_apply / lora_apply_fused: shape checks, then two launches (shrink, expand) or one."""
 
 from __future__ import annotations
 
 import torch
 
-from .configs import SgmvConfig, sgmv_config
+from .configs import FusedConfig, SgmvConfig, fused_config, sgmv_config
 from .meta import LoraMeta
 from .sgmv_expand import sgmv_expand
+from .sgmv_fused import sgmv_fused
 from .sgmv_shrink import sgmv_shrink
 
-__all__ = ["MAX_SLICES", "sgmv"]
+__all__ = ["MAX_SLICES", "prepare", "sgmv", "sgmv_one_launch", "two_launches"]
 
 MAX_SLICES = 3  # qkv; the kernels take up to three slices in one launch
+
+
+def prepare(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    meta: LoraMeta | None = None,
+    block_t: int | None = None,
+) -> LoraMeta:
+    """Check the inputs on the host; returns meta, or a LoraMeta built from token_slots when meta is None
+    (a few small device ops, no host sync; block_t overrides the table's tile size)."""
+    t = x.shape[0]
+    _check(y, x, lora_a, lora_b, ranks, scales, token_slots)
+    if meta is None:
+        return LoraMeta(max(t, 1), x.device).build(token_slots, block_t)
+    if meta.num_tokens != t or meta.device != x.device:
+        raise ValueError(f"meta was built for {meta.num_tokens} tokens on {meta.device}, x is [{t}, K] on {x.device}")
+    return meta
+
+
+def two_launches(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    meta: LoraMeta,
+    cfg: SgmvConfig | None = None,
+) -> torch.Tensor:
+    """The split-K shrink, then the expand (a programmatic dependent launch where the config says so), on
+    inputs that prepare() checked; returns y."""
+    t = x.shape[0]
+    if t == 0:
+        return y
+    cfg = sgmv_config(t, x.device) if cfg is None else cfg
+    pdl = cfg.pdl and x.is_cuda
+    ws = sgmv_shrink(x, lora_a, ranks, meta, cfg, pdl=pdl)
+    return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
 
 
 def sgmv(
@@ -25,22 +69,31 @@ def sgmv(
     meta: LoraMeta | None = None,
     cfg: SgmvConfig | None = None,
 ) -> torch.Tensor:
-    """y[:, off_i:off_i + N_i] += LoRA of slice i for every slice, through the Triton kernels; returns y.
+    """y[:, off_i:off_i + N_i] += LoRA of slice i for every slice, in two launches (shrink, expand); returns y.
 
     Builds the metadata from token_slots when meta is None (a few small device ops; no host sync).
     cfg overrides the tuned table (the benchmarks sweep it)."""
-    t = x.shape[0]
-    _check(y, x, lora_a, lora_b, ranks, scales, token_slots)
-    if meta is None:
-        meta = LoraMeta(max(t, 1), x.device).build(token_slots, None if cfg is None else cfg.block_t)
-    elif meta.num_tokens != t or meta.device != x.device:
-        raise ValueError(f"meta was built for {meta.num_tokens} tokens on {meta.device}, x is [{t}, K] on {x.device}")
-    if t == 0:
+    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta, None if cfg is None else cfg.block_t)
+    return two_launches(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
+
+
+def sgmv_one_launch(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    meta: LoraMeta | None = None,
+    cfg: FusedConfig | None = None,
+) -> torch.Tensor:
+    """The same operator as sgmv in one launch (kernels/sgmv_fused.py); returns y. cfg overrides the
+    table's one-launch config."""
+    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
+    if x.shape[0] == 0:
         return y
-    cfg = sgmv_config(t, x.device) if cfg is None else cfg
-    pdl = cfg.pdl and x.is_cuda
-    ws = sgmv_shrink(x, lora_a, ranks, meta, cfg, pdl=pdl)
-    return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
+    return sgmv_fused(y, x, lora_a, lora_b, ranks, scales, meta, fused_config(x.device) if cfg is None else cfg)
 
 
 def _check(y, x, lora_a, lora_b, ranks, scales, token_slots) -> None:

@@ -1,7 +1,11 @@
 """SGMV kernels vs torch baselines, the memory floor and the base layer on Llama-3-8B shapes.
 
-Every time is the median of CUDA-graph replays with L2 flushed before each, in microseconds; the
-metadata build is not timed (the engine builds it once per step for all projections). Run on a GPU:
+Both Triton paths are timed in every decode case up to T = 1024: one launch (kernels/sgmv_fused.py,
+with a sweep of its block sizes up to T = 256) and two (split-K shrink + expand); "ours" is the path
+that kernels.configs.prefers_fused picks for the case (report.py applies the rule again, so a rule set
+from these numbers reports the path it picks). Every time is the median of CUDA-graph replays with L2
+flushed before each, in microseconds; the metadata build is not timed (the engine builds it once per
+step for all projections). Run on a GPU:
 
     python benchmarks/kernels/bench_sgmv.py --out results/            # everything
     python benchmarks/kernels/bench_sgmv.py --compile-only --shard 0/8 # warm Triton's cache in parallel
@@ -22,10 +26,11 @@ import triton
 import triton.language as tl
 
 from loraledger.kernels import LoraMeta
-from loraledger.kernels.configs import SgmvConfig, sgmv_config
-from loraledger.kernels.sgmv import sgmv
+from loraledger.kernels.configs import FusedConfig, SgmvConfig, fused_config, prefers_fused, sgmv_config
+from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
 
 DTYPE = torch.bfloat16
+DEVICE = torch.device("cuda")
 SHAPES = {"qo": (4096, 4096), "kv": (4096, 1024), "up": (4096, 14336), "down": (14336, 4096)}  # name: (K, N)
 RANKS = (8, 16, 64)
 DECODE_T = (1, 16, 64, 256, 1024)
@@ -112,12 +117,27 @@ class Inputs:
         self.slots = self.slots_cpu.to(torch.int32).to(device)
         self.case = case
 
+    def meta(self, block_t: int) -> LoraMeta:
+        """The step's metadata, built with the batch's adapter count as the engine's hint."""
+        return LoraMeta(self.case.t, self.x.device).build(self.slots, block_t=block_t, num_adapters=self.case.n)
+
     def ours(self, cfg: SgmvConfig) -> Callable[[], None]:
-        meta = LoraMeta(self.case.t, self.x.device).build(self.slots, block_t=cfg.block_t)
+        """Two launches: split-K shrink, then expand."""
+        meta = self.meta(cfg.block_t)
         ranks = self.ranks.unsqueeze(0)
 
         def run() -> None:
             sgmv(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, cfg)
+
+        return run
+
+    def one(self, fcfg: FusedConfig) -> Callable[[], None]:
+        """One launch (sgmv_fused), on the metadata's default tiles for T."""
+        meta = self.meta(sgmv_config(self.case.t, self.x.device).block_t)
+        ranks = self.ranks.unsqueeze(0)
+
+        def run() -> None:
+            sgmv_one_launch(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, fcfg)
 
         return run
 
@@ -233,62 +253,49 @@ def copy_bandwidth(timer: Timer) -> float:
     return best
 
 
-def sweep_configs(t: int, device: torch.device) -> dict[str, SgmvConfig]:
-    """The table's config and a few neighbours for the bucket of T (for tuning)."""
-    base = sgmv_config(t, device)
-    r = dataclasses.replace
-    variants = {"table": base, "no_pdl": r(base, pdl=False)}
-    if t <= 64:
-        variants |= {
-            "k512": r(base, k_chunk=512),
-            "bk128": r(base, block_k=128),
-            "bn128": r(base, block_n=128),
-            "w4": r(base, shrink_warps=4, expand_warps=4),
-            "sw4": r(base, shrink_warps=4),
-            "pps16": r(base, programs_per_sm=16),
-        }
-    elif t <= 256:
-        variants |= {
-            "k256": r(base, k_chunk=256),
-            "k1024": r(base, k_chunk=1024),
-            "nb2": r(base, n_blocks=2),
-            "w8": r(base, shrink_warps=8, expand_warps=8),
-            "bk256": r(base, block_k=256),
-        }
-    elif t <= 1024:
-        variants |= {
-            "k2048": r(base, k_chunk=2048),
-            "nb2": r(base, n_blocks=2),
-            "w8": r(base, shrink_warps=8, expand_warps=8),
-            "pps16": r(base, programs_per_sm=16),
-        }
-    else:
-        variants |= {
-            "run3": r(base, block_t=64, k_chunk=2048, max_splits=16, block_k=64),
-            "split8": r(base, max_splits=8),
-            "k2048": r(base, k_chunk=2048),
-            "bt64": r(base, block_t=64),
-            "bk64": r(base, block_k=64),
-            "st4": r(base, shrink_stages=4),
-            "nb4": r(base, n_blocks=4),
-            "w4": r(base, expand_warps=4),
-            "pps8": r(base, programs_per_sm=8),
-        }
-    return variants
-
-
-def check_ours(inp: Inputs, cfg: SgmvConfig) -> float:
+def check(inp: Inputs, run: Callable[[], None]) -> float:
     """Relative error of one application against the float64 reference (a sanity check per case)."""
     from loraledger.kernels import lora_apply_ref
 
     y0 = inp.y.clone()
-    inp.ours(cfg)()
+    run()
     ref = lora_apply_ref(
         y0.double(), inp.x.double(), inp.lora_a.double(), inp.lora_b.double(), inp.ranks, inp.scales.double(), inp.slots
     )
     err = ((inp.y.double() - ref).norm() / (ref - y0.double()).norm()).item()
     inp.y.copy_(y0)
     return err
+
+
+def fused_variants(device: torch.device) -> dict[str, FusedConfig]:
+    """The table's one-launch config and neighbours: column-group width, K step, depth, warps."""
+    base = fused_config(device)
+    r = dataclasses.replace
+    return {
+        "table": base,
+        "nb1": r(base, n_blocks=1),
+        "nb2": r(base, n_blocks=2),
+        "nb8": r(base, n_blocks=8),
+        "w8": r(base, warps=8),
+        "k512": r(base, block_k=512),
+        "s5": r(base, stages=5),
+    }
+
+
+FUSED_MAX_T = 1024  # the one-launch path is timed up to this T (decode), its sweep up to SWEEP_MAX_T
+SWEEP_MAX_T = 256
+
+
+def rule_inputs(case: Case, device: torch.device) -> dict:
+    """The host quantities kernels.configs.prefers_fused reads, as the dispatch sees them (hint = n)."""
+    meta_bt = sgmv_config(case.t, device).block_t
+    max_tiles = min(case.t, -(-case.t // meta_bt) + case.n - 1)
+    return {"max_tiles": max_tiles, "block_t": meta_bt, "element_size": DTYPE.itemsize}
+
+
+def picks_fused(row: dict, fcfg: FusedConfig) -> bool:
+    return prefers_fused(fcfg, row["t"], row["max_tiles"], row["block_t"], (row["width"],), row["k"], row["rank"],
+                         row["element_size"])
 
 
 def goals(row: dict) -> dict:
@@ -305,12 +312,23 @@ def goals(row: dict) -> dict:
 
 
 def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: bool, variants: dict | None) -> dict:
-    device = torch.device("cuda")
+    device = DEVICE
     inp = Inputs(case, device)
     cfg = sgmv_config(case.t, device)
-    row = dataclasses.asdict(case) | {"k": case.k, "width": case.width}
-    row["err"] = check_ours(inp, cfg)
-    row["ours_us"] = timer(inp.ours(cfg))
+    fcfg = fused_config(device)
+    row = dataclasses.asdict(case) | {"k": case.k, "width": case.width} | rule_inputs(case, device)
+    one_too = case.kind == "decode" and case.t <= FUSED_MAX_T
+    # Check before timing: the timed replays keep adding into y, whose growing magnitude would then
+    # swamp the delta in bf16.
+    row["err_two"] = check(inp, inp.ours(cfg))
+    if one_too:
+        row["err_one"] = check(inp, inp.one(fcfg))
+    row["two_us"] = timer(inp.ours(cfg))
+    if one_too:
+        row["one_us"] = timer(inp.one(fcfg))
+    row["fused"] = "one_us" in row and picks_fused(row, fcfg)
+    row["ours_us"] = row["one_us"] if row["fused"] else row["two_us"]
+    row["err"] = max(row["err_two"], row.get("err_one", 0.0))
     row["floor_us"] = inp.floor_bytes() / bw * 1e6
     key = (case.shape, case.t)
     if key not in base_cache:
@@ -329,61 +347,89 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
     anchor = ANCHORS.get((case.kind, case.t, case.n), {}).get(case.width) if case.rank == 16 and case.k == 4096 else None
     if anchor:
         row["anchor_floor_us"], row["anchor_us"], row["anchor_base_us"] = anchor
-    if anchor:
-        from loraledger.kernels.sgmv_shrink import sgmv_shrink
-
-        meta = LoraMeta(case.t, device).build(inp.slots, block_t=cfg.block_t)
-        ranks = inp.ranks.unsqueeze(0)
-        row["shrink_only_us"] = timer(lambda: sgmv_shrink(inp.x, (inp.lora_a,), ranks, meta, cfg))
     if variants:
-        row["variants_us"] = {name: timer(inp.ours(v)) for name, v in variants.items()}
+        row["variants_us"] = {}
+        for name, v in variants.items():
+            try:
+                row["variants_us"][name] = row["one_us"] if v == fcfg else timer(inp.one(v))
+            except Exception as exc:  # a variant that does not fit the chip (shared memory) is reported, not fatal
+                row["variants_us"][name] = None
+                row.setdefault("variant_errors", {})[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["goals"] = goals(row)
     del inp
     torch.cuda.empty_cache()
     return row
 
 
+MULTI_SLICE_CASES = (
+    ("qkv", ("qo", "kv", "kv"), (("decode", 1, 1), ("decode", 16, 1), ("decode", 64, 8), ("decode", 256, 8),
+                                  ("decode", 256, 64), ("decode", 1024, 1024), ("prefill128", 4096, 8))),
+    ("gate_up", ("up", "up"), (("decode", 1, 1), ("decode", 16, 1), ("decode", 64, 8), ("decode", 256, 8))),
+)
+
+
 def fused_rows(timer: Timer) -> list[dict]:
-    """qkv (GQA: 4096, 1024, 1024) in one fused shrink + expand vs three lora_apply calls, rank 16."""
+    """Multi-slice forms at rank 16: lora_apply_fused in one launch, in two, and one lora_apply per slice."""
     from loraledger.kernels import lora_apply, lora_apply_fused
+    from loraledger.kernels.sgmv import sgmv
 
-    device = torch.device("cuda")
+    device = DEVICE
+    fcfg = fused_config(device)
     rows = []
-    for kind, t, n in (("decode", 64, 8), ("decode", 256, 64), ("decode", 1024, 1024), ("prefill128", 4096, 8)):
-        parts = [Inputs(Case(kind, shape, 16, t, n), device, seed=i) for i, shape in enumerate(("qo", "kv", "kv"))]
-        slots, scales = parts[0].slots, parts[0].scales
-        y = torch.randn(t, 6144, device=device, dtype=DTYPE)
-        meta = LoraMeta(t, device).build(slots)
-        lora_a = tuple(p.lora_a for p in parts)
-        lora_b = tuple(p.lora_b for p in parts)
-        ranks = torch.stack([p.ranks for p in parts])
-        x = parts[0].x
+    for name, shapes, batches in MULTI_SLICE_CASES:
+        for kind, t, n in batches:
+            parts = [Inputs(Case(kind, shape, 16, t, n), device, seed=i) for i, shape in enumerate(shapes)]
+            slots, scales = parts[0].slots, parts[0].scales
+            width = sum(p.lora_b.shape[1] for p in parts)
+            y = torch.randn(t, width, device=device, dtype=DTYPE)
+            meta = LoraMeta(t, device).build(slots, num_adapters=n)
+            lora_a = tuple(p.lora_a for p in parts)
+            lora_b = tuple(p.lora_b for p in parts)
+            ranks = torch.stack([p.ranks for p in parts])
+            x = parts[0].x
 
-        def fused() -> None:
-            lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, slots, meta=meta)
+            def public() -> None:
+                lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, slots, meta=meta)
 
-        def separate() -> None:
-            col = 0
-            for p in parts:
-                w = p.lora_b.shape[1]
-                lora_apply(y[:, col : col + w], x, p.lora_a, p.lora_b, p.ranks, scales, slots, meta=meta)
-                col += w
+            def one() -> None:
+                sgmv_one_launch(y, x, lora_a, lora_b, ranks, scales, slots, meta, fcfg)
 
-        rows.append({"kind": kind, "t": t, "n": n, "fused_us": timer(fused), "three_calls_us": timer(separate)})
-        del parts, y
-        torch.cuda.empty_cache()
+            def two() -> None:
+                sgmv(y, x, lora_a, lora_b, ranks, scales, slots, meta)
+
+            def separate() -> None:
+                col = 0
+                for p in parts:
+                    w = p.lora_b.shape[1]
+                    lora_apply(y[:, col : col + w], x, p.lora_a, p.lora_b, p.ranks, scales, slots, meta=meta)
+                    col += w
+
+            row = {"name": name, "kind": kind, "t": t, "n": n, "width": width, "public_us": timer(public),
+                   "two_us": timer(two), "separate_us": timer(separate)}
+            row["one_us"] = timer(one) if t <= FUSED_MAX_T else None
+            rows.append(row)
+            print(f"{name} {kind} T={t} n={n}: public {row['public_us']:.1f}, one {row['one_us']}, two {row['two_us']:.1f},"
+                  f" separate {row['separate_us']:.1f}", flush=True)
+            del parts, y
+            torch.cuda.empty_cache()
     return rows
 
 
-def compile_only(cases: list[Case], sweep: set[Case], shard: tuple[int, int]) -> None:
-    device = torch.device("cuda")
+def compile_only(cases: list[Case], shard: tuple[int, int]) -> None:
+    device = DEVICE
+    variants = fused_variants(device)
     for i, case in enumerate(cases):
         if i % shard[1] != shard[0]:
             continue
         inp = Inputs(dataclasses.replace(case, n=min(case.n, 8)), device)
-        cfgs = sweep_configs(case.t, device) if case in sweep else {"table": sgmv_config(case.t, device)}
-        for cfg in cfgs.values():
-            inp.ours(cfg)()
+        inp.ours(sgmv_config(case.t, device))()
+        if case.kind == "decode" and case.t <= FUSED_MAX_T:
+            for name, v in variants.items():
+                if name == "table" or case.t <= SWEEP_MAX_T:
+                    try:
+                        inp.one(v)()
+                    except Exception as exc:  # noqa: BLE001 - reported again by the timed run
+                        print(f"{case.label} {name}: {type(exc).__name__}", flush=True)
         del inp
     torch.cuda.synchronize()
 
@@ -395,16 +441,17 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--no-grid", action="store_true", help="only the anchor cases")
-    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=1e9, help="start no new grid case after this many seconds")
     args = parser.parse_args()
     shard = tuple(int(v) for v in args.shard.split("/"))
 
     anchors = anchor_cases()
-    cases = anchors + ([] if args.no_grid else [c for c in grid_cases() if c not in anchors])
-    down = [Case("decode", "down", 16, 64, 8), Case("decode", "down", 16, 1024, 64), Case("prefill128", "down", 16, 4096, 8)]
-    sweep = set() if args.no_sweep else set(anchors) | set(down)
+    # Anchors first, then the decode batches the one-launch path is for, then the rest of the grid.
+    rest = [] if args.no_grid else [c for c in grid_cases() if c not in anchors]
+    rest.sort(key=lambda c: (not (c.kind == "decode" and c.t <= SWEEP_MAX_T), c.t, c.n))
+    cases = anchors + rest
     if args.compile_only:
-        compile_only(cases, sweep, shard)
+        compile_only(cases, shard)
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -412,27 +459,36 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     warm_up()
     bw = copy_bandwidth(timer)
-    info = {"device": props.name, "sms": props.multi_processor_count, "copy_bw_TBps": bw / 1e12, "torch": torch.__version__}
-
-    info["triton"] = triton.__version__
+    device = DEVICE
+    variants = fused_variants(device)
+    info = {"device": props.name, "sms": props.multi_processor_count, "copy_bw_TBps": bw / 1e12, "torch": torch.__version__,
+            "triton": triton.__version__, "sgmv_configs": {str(t): dataclasses.asdict(sgmv_config(t, device))
+                                                           for t in (1, 256, 1024, 4096)},
+            "fused_variants": {name: dataclasses.asdict(v) for name, v in variants.items()}}
     info["calibration"] = calibration(timer)
     print(json.dumps(info), flush=True)
     base_cache: dict = {}
     rows = []
     t0 = time.time()
     for i, case in enumerate(cases):
-        row = run_case(case, timer, bw, base_cache, with_torch=case.rank == 16 or case in anchors,
-                       variants=sweep_configs(case.t, torch.device("cuda")) if case in sweep else None)
+        if time.time() - t0 > args.budget_s:
+            info["stopped_early"] = f"{len(cases) - i} grid cases not run (--budget-s {args.budget_s})"
+            print(info["stopped_early"], flush=True)
+            break
+        sweep = case.kind == "decode" and case.t <= SWEEP_MAX_T
+        row = run_case(case, timer, bw, base_cache, with_torch=case in anchors or (case.rank == 16 and case.t <= 256),
+                       variants=variants if sweep else None)
         rows.append(row)
-        print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: ours {row['ours_us']:.1f} us, "
-              f"floor {row['floor_us']:.1f}, base {row['base_us']:.1f}, err {row['err']:.1e} {row['goals']}", flush=True)
+        one = f", one {row['one_us']:.1f}" if "one_us" in row else ""
+        print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: two {row['two_us']:.1f}{one} -> "
+              f"ours {row['ours_us']:.1f} us, floor {row['floor_us']:.1f}, base {row['base_us']:.1f}, "
+              f"err {row['err']:.1e} {row['goals']}", flush=True)
         (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     fused = fused_rows(timer)
     info["copy_bw_end_TBps"] = copy_bandwidth(timer) / 1e12
     info["timing_spread_max"] = max(timer.spread)
     info["timing_spread_p90"] = sorted(timer.spread)[int(0.9 * len(timer.spread))]
     (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows, "fused": fused}, indent=1))
-    print(json.dumps(fused))
 
 
 if __name__ == "__main__":

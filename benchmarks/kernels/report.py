@@ -1,10 +1,22 @@
-"""Markdown tables from bench_sgmv.py's rows.json: python report.py rows.json > report.md"""
+"""Markdown tables from bench_sgmv.py's rows.json: python report.py rows.json > report.md
+
+The one-launch path is chosen again here by kernels.configs.prefers_fused with the current table, so a
+rule set from a run's numbers reports the path it picks; the one-launch time used is the measured time
+of the current table config (a variant of the run's sweep, or its table), never an estimate.
+"""
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import sys
+
+import torch
+
+from loraledger.kernels.configs import fused_config, prefers_fused
+
+HOPPER = torch.device("cuda")  # names the table only: nothing here touches a GPU
 
 
 def _f(v: float | None, digits: int = 1) -> str:
@@ -16,41 +28,101 @@ def _goals(g: dict) -> str:
     return ", ".join(f"{short[k]} {'✓' if v else '✗'}" for k, v in g.items()) or "—"
 
 
+def goals(row: dict) -> dict:
+    """The issue's goals for one row (as bench_sgmv.goals)."""
+    out = {}
+    if row.get("anchor_us") is not None:
+        out["beats_anchor"] = row["ours_us"] < row["anchor_us"]
+    if row["floor_us"] >= 20:
+        out["within_1.25x_floor"] = row["ours_us"] <= 1.25 * row["floor_us"]
+    if row["floor_us"] < 5:
+        out["at_most_8us"] = row["ours_us"] <= 8
+    if row["kind"] == "decode" and row["n"] == row["t"] and row.get("best_torch_us"):
+        out["5x_better_torch"] = row["ours_us"] * 5 <= row["best_torch_us"]
+    return out
+
+
+def apply_rule(data: dict) -> str | None:
+    """Re-pick each row's path with the current table; returns the sweep variant that is the table's config."""
+    cfg = fused_config(HOPPER)
+    launch = ("block_n", "n_blocks", "block_k", "warps", "stages")  # the rule's thresholds may have moved since
+    current = {f: getattr(cfg, f) for f in launch}
+    variants = data["info"].get("fused_variants", {})
+    name = next((n for n, v in variants.items() if {f: v[f] for f in launch} == current), None)
+    for r in data["rows"]:
+        one = None
+        if name is not None:
+            one = r.get("variants_us", {}).get(name) if r.get("variants_us") else (r.get("one_us") if name == "table" else None)
+        r["one_table_us"] = one
+        r["fused"] = one is not None and prefers_fused(cfg, r["t"], r["max_tiles"], r["block_t"], (r["width"],), r["k"],
+                                                       r["rank"], r["element_size"])
+        r["ours_us"] = one if r["fused"] else r["two_us"]
+        r["lora_over_base"] = r["ours_us"] / r["base_us"]
+        r["goals"] = goals(r)
+    return name
+
+
 def main(path: str) -> None:
     data = json.load(open(path))
     info, rows = data["info"], data["rows"]
+    table_variant = apply_rule(data)
+    cal = info.get("calibration", {})
     print(f"device: {info['device']} ({info['sms']} SMs), torch {info['torch']}, triton {info['triton']}, "
           f"copy bandwidth {info['copy_bw_TBps']:.2f} TB/s (read + write; "
           f"{info.get('copy_bw_end_TBps', 0):.2f} at the end), timing spread between two batches of replays: "
-          f"p90 {info.get('timing_spread_p90', 0):.2f}x, max {info.get('timing_spread_max', 0):.2f}x\n")
+          f"p90 {info.get('timing_spread_p90', 0):.2f}x, max {info.get('timing_spread_max', 0):.2f}x")
+    if cal:
+        print(f"calibration (same method): one near-empty kernel {cal['chain1_us']:.2f} µs, four dependent misses "
+              f"{cal['chain4_us']:.2f}, two kernels {cal['two_kernels_us']:.2f} ({cal['two_kernels_pdl_us']:.2f} with PDL)")
+    print(f"one-launch config = sweep variant `{table_variant}`; {info.get('stopped_early', 'every case ran')}\n")
 
     print("### Against the anchors (rank 16, bf16, K = 4096; µs)\n")
-    print("floor: at the bandwidth measured in this run; DESIGN floor: the anchors' table (2.95 TB/s).\n")
-    print("| case | N | floor | DESIGN floor | best anchor | ours | shrink alone | ours / floor | ours / DESIGN floor "
-          "| base | LoRA / base | torch loop | gather+bmm | goals |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| case | N | floor | best anchor | two launches | one launch | ours | ours / floor | base | LoRA / base "
+          "| torch loop | gather+bmm | goals |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         if r.get("anchor_us") is None:
             continue
-        case = f"{r['kind']} T={r['t']}, n={r['n']}"
-        print(f"| {case} | {r['width']} | {_f(r['floor_us'])} | {_f(r['anchor_floor_us'])} | {_f(r['anchor_us'])} | "
-              f"**{_f(r['ours_us'])}** | {_f(r.get('shrink_only_us'))} | {_f(r['ours_us'] / r['floor_us'], 2)} | "
-              f"{_f(r['ours_us'] / r['anchor_floor_us'], 2)} | {_f(r['base_us'])} | {_f(r['lora_over_base'], 2)} | "
+        print(f"| {r['kind']} T={r['t']}, n={r['n']} | {r['width']} | {_f(r['floor_us'])} | {_f(r['anchor_us'])} | "
+              f"{_f(r['two_us'])} | {_f(r.get('one_table_us'))} | **{_f(r['ours_us'])}** ({'one' if r['fused'] else 'two'}) | "
+              f"{_f(r['ours_us'] / r['floor_us'], 2)} | {_f(r['base_us'])} | {_f(r['lora_over_base'], 2)} | "
               f"{_f(r.get('loop_us'))} | {_f(r.get('bmm_us'))} | {_goals(r['goals'])} |")
 
-    print("\n### Every case (bf16; µs; LoRA / base in parentheses; goals missed marked ✗)\n")
-    by = collections.defaultdict(dict)
+    cols_of = collections.defaultdict(dict)
     cols = []
     for r in rows:
         col = (r["kind"], r["t"], r["n"])
         if col not in cols:
             cols.append(col)
-        by[(r["shape"], r["k"], r["width"], r["rank"])][col] = r
+        cols_of[(r["shape"], r["k"], r["width"], r["rank"])][col] = r
     cols.sort(key=lambda c: (c[0] != "decode", c[1], c[2], c[0]))
-    print("| shape (K→N) | r | " + " | ".join(f"{'T' if k == 'decode' else k.removeprefix('prefill') + '-seg '}"
-                                             f"{'=' + str(t) if k == 'decode' else ''} n={n}" for k, t, n in cols) + " |")
+
+    def head(cs: list) -> str:
+        return " | ".join(f"{'T' if k == 'decode' else k.removeprefix('prefill') + '-seg '}"
+                          f"{'=' + str(t) if k == 'decode' else ''} n={n}" for k, t, n in cs)
+
+    small = [c for c in cols if c[0] == "decode" and c[1] <= 1024]
+    print("\n### Two launches vs one, decode (bf16; µs: two / one; **bold** = the path the rule picks; "
+          "✓/✗ = the ≤ 8 µs goal where the floor is under 5 µs)\n")
+    print("| shape (K→N) | r | " + head(small) + " |")
+    print("|---|---:|" + "---:|" * len(small))
+    for (shape, k, w, rank), rs in sorted(cols_of.items(), key=lambda kv: (kv[0][0], kv[0][3])):
+        cells = []
+        for c in small:
+            r = rs.get(c)
+            if r is None:
+                cells.append("")
+                continue
+            two = f"**{r['two_us']:.1f}**" if not r["fused"] else f"{r['two_us']:.1f}"
+            one = "—" if r.get("one_table_us") is None else (f"**{r['one_table_us']:.1f}**" if r["fused"] else f"{r['one_table_us']:.1f}")
+            mark = {True: " ✓", False: " ✗"}.get(r["goals"].get("at_most_8us"), "")
+            cells.append(f"{two} / {one}{mark}")
+        print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
+
+    print("\n### Every case (bf16; µs, the picked path; LoRA / base in parentheses; ¹ one launch; ✗ a missed goal)\n")
+    print("| shape (K→N) | r | " + head(cols) + " |")
     print("|---|---:|" + "---:|" * len(cols))
-    for (shape, k, w, rank), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][3])):
+    for (shape, k, w, rank), rs in sorted(cols_of.items(), key=lambda kv: (kv[0][0], kv[0][3])):
         cells = []
         for c in cols:
             r = rs.get(c)
@@ -58,17 +130,8 @@ def main(path: str) -> None:
                 cells.append("")
                 continue
             miss = "✗" if not all(r["goals"].values()) else ""
-            cells.append(f"{r['ours_us']:.1f} ({r['lora_over_base']:.2f}){miss}")
+            cells.append(f"{r['ours_us']:.1f}{'¹' if r['fused'] else ''} ({r['lora_over_base']:.2f}){miss}")
         print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
-
-    print("\n### Floor and the torch baselines (µs)\n")
-    print("| case | floor | ours | ours / floor | best torch | torch / ours |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        if r.get("best_torch_us") is None or r["rank"] != 16:
-            continue
-        print(f"| {r['kind']} T={r['t']} n={r['n']} {r['shape']} | {_f(r['floor_us'])} | {_f(r['ours_us'])} | "
-              f"{_f(r['ours_us'] / r['floor_us'], 2)} | {_f(r['best_torch_us'])} | {_f(r['best_torch_us'] / r['ours_us'], 1)} |")
 
     print("\n### Goals\n")
     tally = collections.defaultdict(lambda: [0, 0, []])
@@ -79,27 +142,39 @@ def main(path: str) -> None:
                 tally[g][2].append(f"{r['kind']} T={r['t']} n={r['n']} {r['shape']} r={r['rank']} "
                                    f"({r['ours_us']:.1f} µs, floor {r['floor_us']:.1f})")
     for g, (ok, bad, which) in tally.items():
-        print(f"- {g}: met {ok}, missed {bad}" + ("" if not which else ": " + "; ".join(which[:12])
-                                                    + (" …" if len(which) > 12 else "")))
-    worst = max(r["err"] for r in rows)
-    print(f"- largest relative error against float64 over all cases: {worst:.1e}")
+        print(f"- {g}: met {ok}, missed {bad}" + ("" if not which else ": " + "; ".join(which[:40])
+                                                    + (" …" if len(which) > 40 else "")))
+    for launches in ("two", "one"):
+        errs = [r[f"err_{launches}"] for r in rows if f"err_{launches}" in r]
+        if errs:
+            print(f"- largest relative error against float64, {launches} launch(es), over {len(errs)} cases: {max(errs):.1e}")
 
     sweeps = [r for r in rows if r.get("variants_us")]
     if sweeps:
-        names = list(dict.fromkeys(n for r in sweeps for n in r["variants_us"]))
-        print("\n### Config sweep (µs)\n")
-        print("| case | N | " + " | ".join(names) + " |")
-        print("|---|---:|" + "---:|" * len(names))
-        for r in sweeps:
-            v = r["variants_us"]
-            print(f"| {r['kind']} T={r['t']} n={r['n']} | {r['width']} | " + " | ".join(_f(v.get(n)) for n in names) + " |")
+        names = list(info["fused_variants"])
+        print("\n### One-launch config sweep (decode T ≤ 256): geometric mean of variant / the run's table config\n")
+        print("| T | cases | " + " | ".join(f"`{n}`" for n in names) + " |")
+        print("|---:|---:|" + "---:|" * len(names))
+        for t in sorted({r["t"] for r in sweeps}) + [None]:
+            rs = [r for r in sweeps if t is None or r["t"] == t]
+            cells = []
+            for n in names:
+                ratios = [r["variants_us"][n] / r["variants_us"]["table"] for r in rs if r["variants_us"].get(n)]
+                cells.append(_f(math.exp(sum(map(math.log, ratios)) / len(ratios)), 3) if ratios else "—")
+            print(f"| {'all' if t is None else t} | {len(rs)} | " + " | ".join(cells) + " |")
+        print("\n" + "; ".join(f"`{n}`: {json.dumps(v)}" for n, v in info["fused_variants"].items()))
+        errs = {f"{r['shape']} r={r['rank']} {n}": e for r in sweeps for n, e in r.get("variant_errors", {}).items()}
+        if errs:
+            print(f"\nvariants that failed: {errs}")
 
     if data.get("fused"):
-        print("\n### qkv fused (4096 + 1024 + 1024, rank 16) vs three calls (µs)\n")
-        print("| case | fused | three calls |")
-        print("|---|---:|---:|")
+        print("\n### Multi-slice forms (rank 16; µs): lora_apply_fused as dispatched, forced one launch, forced two, "
+              "one lora_apply per slice\n")
+        print("| form | case | N | public | one launch | two launches | per slice |")
+        print("|---|---|---:|---:|---:|---:|---:|")
         for r in data["fused"]:
-            print(f"| {r['kind']} T={r['t']} n={r['n']} | {_f(r['fused_us'])} | {_f(r['three_calls_us'])} |")
+            print(f"| {r['name']} | {r['kind']} T={r['t']} n={r['n']} | {r['width']} | {_f(r['public_us'])} | "
+                  f"{_f(r.get('one_us'))} | {_f(r['two_us'])} | {_f(r['separate_us'])} |")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,53 @@ def _poison_allocator() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", cases.PATHS)
 @pytest.mark.parametrize("case", cases.CASES + GPU_CASES, ids=lambda c: c.name)
-def test_kernels_match_float64_reference(case: Case, dtype: str) -> None:
+def test_kernels_match_float64_reference(case: Case, path: str, dtype: str) -> None:
     for seed in (11, 12):  # twice: a second run over reused (poisoned) memory and warm kernels
         _poison_allocator()
-        result = cases.run_case(case, DTYPES[dtype], "cuda", seed)
+        result = cases.run_case(case, DTYPES[dtype], "cuda", seed, path)
         cases.check(result, DTYPES[dtype])
+
+
+def _forced(path: str):
+    """lora_apply_fused's signature on one forced path: "one" launch or "two"."""
+    from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
+
+    run = sgmv_one_launch if path == "one" else sgmv
+
+    def apply(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None):
+        return run(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
+
+    return apply
+
+
+@pytest.mark.parametrize("path", ["one", "two"])
+def test_no_host_synchronisation_on_each_path(path: str) -> None:
+    """Each path, with the metadata built with and without the adapters hint, never waits for the device."""
+    from loraledger.kernels import LoraMeta
+
+    apply = _forced(path)
+    gen = torch.Generator().manual_seed(7)
+    inp = cases.make_inputs(Case("sync", 40, 1024, (512, 128, 128), 10, 16, "random"), torch.bfloat16, "cuda", gen)
+    meta = LoraMeta(64, "cuda")
+    args = (inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"], inp["token_slots"])
+
+    def step() -> None:
+        meta.build(inp["token_slots"], num_adapters=10)
+        apply(inp["y"], *args, meta=meta)
+        meta.build(inp["token_slots"])
+        apply(inp["y"], *args, meta=meta)
+        apply(inp["y"], *args)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
 
 
 def test_no_host_synchronisation() -> None:
@@ -80,11 +121,14 @@ def test_no_host_synchronisation() -> None:
     torch.cuda.synchronize()
 
 
-def test_cuda_graph_replays_with_new_batches() -> None:
+@pytest.mark.parametrize("path", ["auto", "one", "two"])
+def test_cuda_graph_replays_with_new_batches(path: str) -> None:
     """The engine's pattern: capture meta.build + the projections once, then per step copy new token
     slots and activations into the static buffers and replay."""
     from loraledger.kernels import LoraMeta, lora_apply_fused, lora_apply_fused_ref
 
+    if path != "auto":
+        lora_apply_fused = _forced(path)
     case = Case("graph", 64, 1024, (1024, 256, 256), 12, 16, "random")
     gen = torch.Generator().manual_seed(6)
     static = cases.make_inputs(case, torch.bfloat16, "cuda", gen)

@@ -170,3 +170,28 @@ def test_kernel_path_rejects_mismatched_inputs(change: dict) -> None:
     with pytest.raises(ValueError):
         _check(*args.values())
     _check(*_valid_args().values())  # and the valid arguments pass
+
+
+def test_meta_adapters_hint_tightens_the_tiles_bound() -> None:
+    slots = torch.tensor([3, 3, -1, 7, 3, 7] * 10, dtype=torch.int32)  # T = 60, two adapters
+    meta = _poisoned_meta(64).build(slots, block_t=16)
+    loose = meta.max_tiles(num_slots=40)
+    meta.build(slots, block_t=16, num_adapters=2)
+    assert meta.num_adapters == 2
+    assert int(meta.num_tiles) <= meta.max_tiles(num_slots=40) == 5 < loose
+    _check_meta(meta, slots, 16, 40)
+    assert _poisoned_meta(8).build(torch.full((5,), -1), num_adapters=0).max_tiles(num_slots=4) == 0
+    with pytest.raises(ValueError, match="num_adapters"):
+        meta.build(slots, num_adapters=-1)
+
+
+def test_dispatch_rule_reads_host_sizes_only() -> None:
+    from loraledger.kernels.configs import fused_config, prefers_fused
+
+    hopper, interpreter = fused_config(torch.device("cuda")), fused_config(torch.device("cpu"))
+    # Measured on an H100: one launch lost to two in nearly every decode case, so Hopper never picks it.
+    assert not prefers_fused(hopper, 1, 1, 16, (4096,), 4096, 16, 2)
+    assert prefers_fused(interpreter, 16, 2, 16, (96,), 128, 16, 4)
+    assert not prefers_fused(interpreter, 65, 5, 16, (96,), 128, 16, 4)  # T past max_tokens
+    assert not prefers_fused(interpreter, 16, 0, 16, (96,), 128, 16, 4)  # no tiles
+    assert not prefers_fused(interpreter, 16, 2, 16, (96,), 1 << 16, 16, 4)  # one program's K walk too long

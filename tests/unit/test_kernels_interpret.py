@@ -3,6 +3,9 @@
 TRITON_INTERPRET=1 must be set before Triton defines the kernels and would leak into every other test
 of the session, so the cases run in one child process (this file run as a script) and each test reads
 its case's result. tests/gpu/test_kernels_gpu.py imports the case helpers from here and runs them on CUDA.
+
+Every case runs on each path: "auto" (the public operator, which picks one), "one" (the one-launch
+kernel, kernels/sgmv_fused.py) and "two" (split-K shrink, then expand).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Case:
     meta: bool = False  # pass a prebuilt LoraMeta (buffers poisoned before its build)
     block_t: int | None = None  # override the config table: tokens per tile
     k_chunk: int | None = None  # override: K per split
+    hint: bool = False  # build the LoraMeta with num_adapters = the batch's distinct slots (implies meta)
 
 
 CASES = (
@@ -52,7 +56,15 @@ CASES = (
     Case("gate_up", 27, 80, (36, 36), 4, 16, "random", y_view=True),
     Case("tile64_nosplit", 70, 100, (90,), 3, 16, "random", block_t=64, k_chunk=1 << 20),
     Case("tile16_even_k", 52, 128, (64, 32), 3, 16, "two", block_t=16, k_chunk=64),
+    # For the one-launch kernel: several column groups per slice with ragged ends, K not a multiple of
+    # its K step, a tight grid from the adapters hint, one token, one shared adapter over many tiles.
+    Case("t1_odd", 1, 200, (100,), 2, 16, "random", hint=True),
+    Case("ragged_groups", 21, 72, (130, 70, 70), 7, 32, "random", hint=True),
+    Case("hint_distinct", 24, 96, (72,), 40, 16, "distinct", hint=True),
+    Case("hint_shared", 50, 96, (40, 40), 6, 8, "shared", hint=True),
+    Case("hint_none", 13, 64, (24,), 3, 16, "none", hint=True),
 )
+PATHS = ("auto", "one", "two")
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generator) -> dict:
@@ -110,24 +122,32 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generato
     }
 
 
-def apply_case(case: Case, inp: dict) -> None:
-    """Run the public operator (or sgmv with a config override) on inp, in place."""
+def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
+    """Run the public operator ("auto"), or force one launch ("one") or two ("two"), on inp in place."""
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
+    from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
 
     args = (inp["y"], inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"], inp["token_slots"])
-    if case.block_t is not None:
-        from loraledger.kernels.configs import sgmv_config
-        from loraledger.kernels.sgmv import sgmv
-
-        cfg = dataclasses.replace(sgmv_config(case.t, inp["x"].device), block_t=case.block_t, k_chunk=case.k_chunk)
-        sgmv(*args, cfg=cfg)
-        return
     meta = None
-    if case.meta:
+    if case.meta or case.hint or case.block_t is not None:
         meta = LoraMeta(case.t + 5, inp["x"].device)
         for buf in (meta.token_order, meta.tile_slot, meta.tile_start, meta.tile_end, meta.num_tiles):
             buf.fill_(12345)
-        meta.build(inp["token_slots"])
+        slots = inp["token_slots"].cpu()
+        hint = len(set(slots[slots >= 0].tolist())) if case.hint else None
+        meta.build(inp["token_slots"], case.block_t, num_adapters=hint)
+    if case.block_t is not None and path != "one":
+        from loraledger.kernels.configs import sgmv_config
+
+        cfg = dataclasses.replace(sgmv_config(case.t, inp["x"].device), block_t=case.block_t, k_chunk=case.k_chunk)
+        sgmv(*args, meta, cfg)
+        return
+    if path == "one":
+        sgmv_one_launch(*args, meta)
+        return
+    if path == "two":
+        sgmv(*args, meta)
+        return
     if len(case.widths) == 1:
         y, x, a, b, ranks, scales, slots = args
         lora_apply(y, x, a[0], b[0], ranks[0], scales, slots, meta=meta)
@@ -135,8 +155,8 @@ def apply_case(case: Case, inp: dict) -> None:
         lora_apply_fused(*args, meta=meta)
 
 
-def run_case(case: Case, dtype: torch.dtype, device: str, seed: int) -> dict:
-    """Run one case; returns the relative error against float64 and whether untouched elements stayed."""
+def run_case(case: Case, dtype: torch.dtype, device: str, seed: int, path: str = "auto") -> dict:
+    """Run one case on one path; returns the relative error against float64 and whether untouched elements stayed."""
     from loraledger.kernels import lora_apply_fused_ref
 
     gen = torch.Generator().manual_seed(seed)
@@ -155,7 +175,7 @@ def run_case(case: Case, dtype: torch.dtype, device: str, seed: int) -> dict:
         inp["scales"].double().cpu(),
         inp["token_slots"].cpu(),
     )
-    apply_case(case, inp)
+    apply_case(case, inp, path)
     out_full = inp["y_full"].double().cpu()
 
     # Elements no adapter touches (slot -1, rank 0 in that slice, columns outside the view) keep their bits.
@@ -187,12 +207,13 @@ INTERPRETER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # the inter
 
 
 def _run_all_interpreted() -> dict:
-    """The child process: every case in every interpreter dtype, fresh seeds, results as JSON."""
+    """The child process: every case on every path in every interpreter dtype, fresh seeds, results as JSON."""
     seed = int.from_bytes(os.urandom(4), "little")
     out = {"seed": seed}
     for i, case in enumerate(CASES):
-        for name, dtype in INTERPRETER_DTYPES.items():
-            out[f"{case.name}-{name}"] = run_case(case, dtype, "cpu", seed + i)
+        for path in PATHS:
+            for name, dtype in INTERPRETER_DTYPES.items():
+                out[f"{case.name}-{path}-{name}"] = run_case(case, dtype, "cpu", seed + i, path)
     return out
 
 
@@ -207,9 +228,10 @@ def interpreted() -> dict:
 
 
 @pytest.mark.parametrize("dtype", INTERPRETER_DTYPES)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_interpreted_kernels_match_float64_reference(interpreted: dict, case: Case, dtype: str) -> None:
-    result = interpreted[f"{case.name}-{dtype}"]
+def test_interpreted_kernels_match_float64_reference(interpreted: dict, case: Case, path: str, dtype: str) -> None:
+    result = interpreted[f"{case.name}-{path}-{dtype}"]
     check(result, INTERPRETER_DTYPES[dtype])
     assert math.isfinite(result["err"]), f"seed {interpreted['seed']}"
 
