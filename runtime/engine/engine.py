@@ -429,12 +429,23 @@ class Engine:
                 events.append(self._event(seq, [], []))
 
     def _default_num_blocks(self, block_bytes: int) -> int:
+        per_seq = -(-self.max_model_len // self.config.block_size)
+        enough = self.config.max_num_seqs * per_seq  # every sequence at full length: more would sit unused
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - (1 - self.config.gpu_memory_utilization) * total
-            return max(int(budget // block_bytes), 1)
-        per_seq = -(-self.max_model_len // self.config.block_size)
-        return max(1, min(self.config.kv_cache_bytes // block_bytes, self.config.max_num_seqs * per_seq))
+            allocated = torch.cuda.memory_allocated(self.device)
+            # What this process may still take: the driver's free memory plus what torch's caching allocator
+            # holds but does not use, capped by the utilisation share of the card minus what is allocated.
+            reusable = free + torch.cuda.memory_reserved(self.device) - allocated
+            budget = min(reusable, self.config.gpu_memory_utilization * total - allocated)
+            blocks = int(budget // block_bytes)
+            if blocks < per_seq:
+                raise RuntimeError(
+                    f"only {max(budget, 0) / 2**30:.2f} GiB of GPU memory left for the KV cache: not one "
+                    f"{self.max_model_len}-token sequence fits (lower max_model_len or free memory)"
+                )
+            return min(blocks, enough)
+        return max(1, min(self.config.kv_cache_bytes // block_bytes, enough))
 
     def _attach_lora_buffers(self) -> None:
         pool = self.slot_pool

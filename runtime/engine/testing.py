@@ -116,8 +116,9 @@ def make_peft_adapter(
     rank_pattern: dict | None = None,
     alpha_pattern: dict | None = None,
     seed: int = 0,
+    std: float = 0.2,
 ) -> Path:
-    """A PEFT LoRA adapter for the model at base_dir with random A and B (so it changes the output)."""
+    """A PEFT LoRA adapter for the model at base_dir with random A and B ~ N(0, std) (so it changes the output)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -137,7 +138,7 @@ def make_peft_adapter(
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, std)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     return out_dir

@@ -1,5 +1,6 @@
-"""The engine in bf16 on CUDA against transformers+PEFT in bf16: logits within tolerance, greedy tokens over a
-short horizon (up to the first near-tie, where bf16 rounding may pick either token)."""
+"""The engine in bf16 on CUDA against transformers+PEFT: logits at least as close to the fp32 truth as PEFT's own
+bf16 logits are, and greedy tokens equal to the fp32 truth's over a short horizon (up to the first near-tie, where
+bf16 rounding may pick either token)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ pytestmark = [
 ]
 
 HORIZON = 8
-NEAR_TIE = 0.1  # logit margin under which bf16 may legitimately flip the argmax
+NEAR_TIE = 0.25  # logit margin under which bf16 may legitimately flip the argmax
+LORA_STD = 0.05  # A and B entries: the LoRA delta stays a fraction of the base output, as with trained adapters
 PROMPTS = [
     "Hello, world",
     "The quick brown fox jumps over the lazy dog, and then some more text to prefill in chunks",
@@ -36,24 +38,30 @@ def setup(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     base = make_tiny_model(tmp / "model", request.param, **DIMS)
     adapters = {
-        "r8_qkvo": make_peft_adapter(base, tmp / "a", r=8, targets=["q_proj", "k_proj", "v_proj", "o_proj"], seed=1),
+        "r8_qkvo": make_peft_adapter(
+            base, tmp / "a", r=8, targets=["q_proj", "k_proj", "v_proj", "o_proj"], seed=1, std=LORA_STD
+        ),
         "r16_all": make_peft_adapter(
             base,
             tmp / "b",
             r=16,
             use_rslora=True,
             seed=2,
+            std=LORA_STD,
             targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         ),
     }
-    hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16).cuda().eval()
-    hf.generation_config.eos_token_id = None
-    peft = PeftModel.from_pretrained(hf, adapters["r8_qkvo"], adapter_name="r8_qkvo")
-    peft.load_adapter(adapters["r16_all"], adapter_name="r16_all")
+    peft = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        hf = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).cuda().eval()
+        hf.generation_config.eos_token_id = None
+        model = PeftModel.from_pretrained(hf, adapters["r8_qkvo"], adapter_name="r8_qkvo")
+        model.load_adapter(adapters["r16_all"], adapter_name="r16_all")
+        peft[dtype] = model.eval()
     engine = Engine.from_pretrained(base, device="cuda", max_adapters=2, max_lora_rank=16, max_num_batched_tokens=32)
     for name, path in adapters.items():
         engine.add_adapter(name, path)
-    return engine, peft.eval()
+    return engine, peft
 
 
 def _hf(peft, adapter_id, ids, **kw):
@@ -79,10 +87,11 @@ def test_bf16_prefill_logits(setup):
                 ]
             )
             ids = torch.tensor([engine.tokenizer.encode(PROMPTS[p])], device="cuda")
-            want = _hf(peft, adapter_id, ids)
-            got = captured[-1][0]
-            scale = want.abs().max().item()
-            assert (got - want).abs().max().item() <= 0.03 * scale + 0.02, (adapter_id, p)
+            truth = _hf(peft[torch.float32], adapter_id, ids)
+            peft_bf16_err = (_hf(peft[torch.bfloat16], adapter_id, ids) - truth).abs().max().item()
+            err = (captured[-1][0].float() - truth).abs().max().item()
+            scale = truth.abs().max().item()
+            assert err <= 1.5 * peft_bf16_err + 0.01 * scale, (adapter_id, p, err, peft_bf16_err, scale)
     finally:
         handle.remove()
 
@@ -94,7 +103,7 @@ def test_bf16_mixed_batch_greedy_horizon(setup):
     for (adapter_id, p), res in zip(MIX, results):
         ids = engine.tokenizer.encode(PROMPTS[p])
         out = _hf(
-            peft,
+            peft[torch.float32],
             adapter_id,
             None,
             input_ids=torch.tensor([ids], device="cuda"),
