@@ -32,6 +32,7 @@ from ..adapters.cache import AdapterCache
 from ..adapters.peft_format import AdapterSpec
 from ..adapters.slots import SlotPool
 from .attention import AttentionMetadata
+from .cuda_graphs import DecodeGraphs
 from .kv_cache import BlockAllocator, KVCache
 from .lora_linear import LoRABatch, SliceBuffers
 from .model import LORA_PROJECTIONS, Transformer, load_model
@@ -65,6 +66,9 @@ class EngineConfig:
     max_adapter_bytes: int = 1 << 30  # adapter_model.safetensors size limit
     cpu_adapter_cache_bytes: int = 4 << 30
     seed: int = 0
+    # Pure-decode steps replay a CUDA graph per batch-size bucket (runtime/engine/cuda_graphs.py); mixed and
+    # prefill steps run eagerly. Ignored on CPU, which has no CUDA graphs: every step runs eagerly there.
+    cuda_graphs: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -166,9 +170,10 @@ class Engine:
         )
         num_blocks = config.num_kv_blocks or self._default_num_blocks(block_bytes)
         self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)
+        use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self.kv_cache = KVCache(
             num_layers=mc.num_layers,
-            num_blocks=num_blocks,
+            num_blocks=num_blocks + (1 if use_graphs else 0),  # with graphs, one more block: padding rows write there
             block_size=config.block_size,
             num_kv_heads=mc.num_kv_heads,
             head_dim=mc.head_dim,
@@ -182,6 +187,19 @@ class Engine:
             max_num_batched_tokens=config.max_num_batched_tokens,
             adapters=self.adapters,
         )
+        self._graphs: DecodeGraphs | None = None
+        if use_graphs:
+            self._graphs = DecodeGraphs(
+                model,
+                self.kv_cache,
+                max_batch=config.max_num_seqs,
+                block_size=config.block_size,
+                max_blocks_per_seq=-(-self.max_model_len // config.block_size),
+                scratch_slot=num_blocks * config.block_size,  # the block the allocator does not hand out
+                max_context_len=self.max_model_len,
+                capture=True,
+                device=self.device,
+            )
         self._generator = torch.Generator(self.device).manual_seed(config.seed)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, Callable[[GenerationEvent], None]] = {}
@@ -281,7 +299,7 @@ class Engine:
             "waiting": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "kv_blocks_free": free,
-            "kv_blocks_total": self.kv_cache.num_blocks,
+            "kv_blocks_total": self.scheduler.allocator.num_blocks,
             "preemptions": self.scheduler.num_preemptions,
             "adapters": self.adapters.stats_snapshot(),
         }
@@ -299,11 +317,7 @@ class Engine:
                 self.adapters.wait(timeout_s=0.01)  # everything waits on adapter loads
             return events
         self.num_steps += 1
-        batch = self._prepare(out.scheduled)
-        logits = self.model(
-            batch["input_ids"], batch["positions"], self.kv_cache, batch["attn"], batch["lora"], batch["logits_indices"]
-        )
-        sampled: list[Sequence] = batch["sampled"]
+        logits, sampled = self._forward(out.scheduled)
         tokens, logprobs = sample(logits, [s.params for s in sampled], [s.generator for s in sampled], self._generator)
         tokens, logprobs = tokens.tolist(), logprobs.tolist()  # the step's one host synchronisation
         for seq, n in out.scheduled:
@@ -311,6 +325,33 @@ class Engine:
         for seq, token, logprob in zip(sampled, tokens, logprobs):
             events.append(self._append_token(seq, token, logprob))
         return events
+
+    def _forward(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+        """The model over the step's tokens: logits [len(sampled), vocab] of the rows to sample, and their
+        sequences. A pure-decode step replays its bucket's CUDA graph; any other step runs eagerly."""
+        graphs = self._graphs
+        if graphs is not None and len(scheduled) <= graphs.max_batch and all(n == 1 for _, n in scheduled):
+            bs = self.config.block_size
+            token_ids, positions, slot_mapping, lora_slots, tables, rows, sampled = [], [], [], [], [], [], []
+            for row, (seq, _) in enumerate(scheduled):
+                p = seq.num_computed
+                token_ids.append(seq.token_ids[p])
+                positions.append(p)
+                slot_mapping.append(seq.blocks[p // bs] * bs + p % bs)
+                lora_slots.append(seq.slot)
+                tables.append(seq.blocks)
+                if p + 1 == len(seq.token_ids):
+                    rows.append(row)
+                    sampled.append(seq)
+            logits = graphs.forward(token_ids, positions, slot_mapping, lora_slots, tables)
+            if len(rows) == len(scheduled):
+                return logits[: len(rows)], sampled
+            return logits[torch.tensor(rows).to(self.device, non_blocking=True)], sampled
+        batch = self._prepare(scheduled)
+        logits = self.model(
+            batch["input_ids"], batch["positions"], self.kv_cache, batch["attn"], batch["lora"], batch["logits_indices"]
+        )
+        return logits, batch["sampled"]
 
     def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> dict:
         """Flattens the step's sequences into one token batch and builds its metadata on the host."""
