@@ -182,8 +182,16 @@ def _embedded_provider_class() -> type:
             super().__init__(tester)
             self._time_offset_s = 0
             self._request_id = 0
+            # eth-tester is not thread-safe. The runtime reaches one embedded chain from several threads (its
+            # settler and the /rpc it serves to agents); unserialised, a transaction sent while another one is
+            # being mined fails with BlockNotFound.
+            self._lock = threading.RLock()
 
         def make_request(self, method: str, params: Any) -> dict[str, Any]:
+            with self._lock:
+                return self._make_request(method, params)
+
+        def _make_request(self, method: str, params: Any) -> dict[str, Any]:
             self._request_id += 1
             rid = self._request_id
             try:
