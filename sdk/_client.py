@@ -175,7 +175,7 @@ class _BaseClient:
         receipt = payment = None
         if paid is not None:
             usage = data.get("usage") if isinstance(data, dict) else None
-            receipt, payment = paid.settle(response.headers.get(_x402.PAYMENT_RESPONSE_HEADER), usage)
+            receipt, payment = paid.settle(response.headers.get(_x402.PAYMENT_RESPONSE_HEADER), usage, _output_of(data))
         try:
             parsed = options.cast_to.model_validate(data)
         except ValidationError as exc:
@@ -544,3 +544,13 @@ class AsyncClient(_BaseClient):
                 attempt += 1
                 continue
             return response
+
+
+def _output_of(data: Any) -> str | None:
+    """The generated text of a one-choice completion body (what the receipt's outputHash commits to)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return None
+    choice = choices[0]
+    text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
+    return text if isinstance(text, str) else None

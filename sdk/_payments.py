@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 import httpx
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from pydantic import ValidationError
 
 from . import _x402
@@ -228,8 +228,11 @@ class PaidCall:
         lane.charged_wei = charged_wei
         self.wallet.ensure_deposit(lane, charged_wei + self.terms.amount_wei)
 
-    def settle(self, header_value: str | None, usage: dict[str, Any] | None) -> tuple[Receipt, Payment]:
-        """Verifies PAYMENT-RESPONSE; commits the charge and frees the lane. On failure: InvalidReceipt, the payee
+    def settle(
+        self, header_value: str | None, usage: dict[str, Any] | None, output: str | None = None
+    ) -> tuple[Receipt, Payment]:
+        """Verifies PAYMENT-RESPONSE (and, given the output text the call returned, the receipt's outputHash =
+        keccak(utf-8 output)); commits the charge and frees the lane. On failure: InvalidReceipt, the payee
         refused, the maximum counted as spent."""
         assert self.lane is not None and self.terms is not None and self.requirements is not None
         payee = self.terms.payee
@@ -264,6 +267,8 @@ class PaidCall:
                     f"the response's usage {usage.get('prompt_tokens')}+{usage.get('completion_tokens')}",
                     payee=payee,
                 )
+            if output is not None and receipt.output_hash.lower() != "0x" + keccak(output.encode("utf-8")).hex():
+                raise InvalidReceipt(f"receipt from {payee} commits to another output than the one returned", payee=payee)
         except InvalidReceipt as exc:
             self.budget.refuse(payee, str(exc))
             self.abort()

@@ -81,7 +81,8 @@ class _StreamState:
     def handle(self, sse: ServerSentEvent) -> Any:
         if sse.event == STREAM_PAYMENT_EVENT:
             if self.paid is not None:
-                self.receipt, self.payment = self.paid.settle(sse.data, self.usage)
+                output = "".join(self.outputs.get(0, [])) if len(self.outputs) <= 1 else None
+                self.receipt, self.payment = self.paid.settle(sse.data, self.usage, output)
             return None
         if sse.data == "[DONE]":
             return _DONE

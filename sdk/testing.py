@@ -35,6 +35,7 @@ FAULTS = frozenset(
         "bad_signature",  # sign the receipt with another key
         "receipt_other_chain",  # sign the receipt under another chain id's domain
         "inconsistent_cumulative",  # a cumulative amount that is not charged-before + amount
+        "wrong_output",  # a receipt whose outputHash commits to another text than the one returned
         "wrong_chain",  # ask for payment on another network
         "no_receipt",  # answer a paid call without PAYMENT-RESPONSE
         "false_stale",  # answer a paid call with stale_voucher, claiming more was charged than receipts say
@@ -198,7 +199,7 @@ class MockOperator:
             amount=cost,
             cumulative_amount=cumulative,
             call_hash=voucher.call_hash,
-            output_hash=keccak(text=" ".join(output)),
+            output_hash=keccak(text=" ".join(output) + ("?" if "wrong_output" in self.faults else "")),
             attribution_hash=b"\x00" * 32,
         )
         signer = Account.create() if "bad_signature" in self.faults else self.operator

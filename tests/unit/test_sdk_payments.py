@@ -260,6 +260,7 @@ def test_wrong_chain_is_refused_before_anything_is_signed(operator, wallet):
         ("bad_signature", "not by the payee"),
         ("receipt_other_chain", "not by the payee"),
         ("inconsistent_cumulative", "inconsistent cumulative"),
+        ("wrong_output", "another output"),
         ("no_receipt", "without PAYMENT-RESPONSE"),
     ],
 )
