@@ -129,7 +129,51 @@ def _pct(values, q):
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
-def run_engine(args, model, adapters: list[Path], registered: int, with_lora: bool) -> dict:
+def run_hf(args, config: ModelConfig, adapters: list[Path], workload, batch_size: int) -> dict:
+    """transformers + PEFT on the same requests, offline (all arrived at once, so no queueing counts against it):
+    static batches in arrival order, left-padded, `generate` with one adapter name per row (PEFT's mixed-batch
+    inference); a request's useful output is its own length, however long its batch ran."""
+    from peft import PeftModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    hf_config = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings, pad_token_id=0,
+    )  # fmt: skip
+    with torch.device(args.device):
+        base = LlamaForCausalLM(hf_config).to(dtype).eval()
+    base.generation_config.eos_token_id = None
+    names = [f"f{i}" for i in range(len(adapters))]
+    model = PeftModel.from_pretrained(base, adapters[0], adapter_name=names[0])
+    for name, folder in zip(names[1:], adapters[1:], strict=True):
+        model.load_adapter(folder, adapter_name=name)
+    model.eval()
+    outputs = 0
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for b in range(0, len(workload), batch_size):
+        batch = workload[b : b + batch_size]
+        width = max(len(prompt) for _, prompt, _, _ in batch)
+        ids = torch.tensor([[0] * (width - len(p)) + p for _, p, _, _ in batch], device=args.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p, _, _ in batch], device=args.device)
+        new = max(n for _, _, n, _ in batch)
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, adapter_names=[names[pick % len(names)] for *_, pick in batch])  # fmt: skip
+        outputs += sum(n for _, _, n, _ in batch)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {"elapsed_s": elapsed, "output_tokens_per_s": outputs / elapsed, "requests": len(workload),
+            "batch_size": batch_size}  # fmt: skip
+
+
+def run_engine(args, model, adapters: list[Path], registered: int, with_lora: bool, workload=None) -> dict:
     rank, targets = SETTINGS[args.setting]
     config = EngineConfig(
         device=args.device,
@@ -149,7 +193,8 @@ def run_engine(args, model, adapters: list[Path], registered: int, with_lora: bo
             ids.append(f"a{i}")
             engine.add_adapter(ids[-1], adapters[i % len(adapters)])
     register_s = time.perf_counter() - t0
-    workload = make_workload(args, args.adapters, model.config.vocab_size)  # the same requests either way
+    if workload is None:
+        workload = make_workload(args, args.adapters, model.config.vocab_size)  # the same requests either way
     if not with_lora:
         workload = [(t, prompt, n, None) for t, prompt, n, _ in workload]
     if args.device == "cuda":
@@ -211,7 +256,9 @@ def main() -> None:
     p.add_argument("--len-range", type=int, nargs=2, default=(8, 512))
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-batched-tokens", type=int, default=2048)
-    p.add_argument("--baselines", default="nolora", help="comma list: nolora")
+    p.add_argument("--baselines", default="nolora", help="comma list: nolora, hf (transformers + PEFT)")
+    p.add_argument("--hf-requests", type=int, default=64, help="requests of the offline transformers+PEFT comparison")
+    p.add_argument("--hf-batch", type=int, default=16, help="transformers+PEFT static batch size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -230,6 +277,13 @@ def main() -> None:
         report["lora"] = run_engine(args, model, files, args.adapters, with_lora=True)
         if "nolora" in args.baselines.split(","):
             report["nolora"] = run_engine(args, model, files, 0, with_lora=False)
+        if "hf" in args.baselines.split(","):
+            # The same first --hf-requests requests, all arrived at once, through both: offline throughput.
+            full = make_workload(args, args.adapters, model.config.vocab_size)
+            subset = [(0.0, prompt, n, pick) for _, prompt, n, pick in full[: args.hf_requests]]
+            report["lora_offline"] = run_engine(args, model, files, args.adapters, with_lora=True, workload=subset)
+            report["hf"] = run_hf(args, config, files, subset, args.hf_batch)
+            report["lora_vs_hf"] = report["lora_offline"]["output_tokens_per_s"] / report["hf"]["output_tokens_per_s"]
     report["roofline"] = roofline(model, args)
     if "nolora" in report:
         report["lora_vs_nolora"] = report["lora"]["output_tokens_per_s"] / report["nolora"]["output_tokens_per_s"]
