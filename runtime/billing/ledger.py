@@ -355,7 +355,8 @@ class Ledger:
         return len(rows)
 
     def call(self, call_id: str) -> CallRecord:
-        row = self._db.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT * FROM calls WHERE call_id = ?", (call_id,)).fetchone()
         if row is None:
             raise KeyError(call_id)
         return self._call_record(row)
@@ -428,11 +429,15 @@ class Ledger:
             return self._batch(db, batch_id)
 
     def _batch(self, db: sqlite3.Connection, batch_id: int) -> SettlementBatch:
-        rows = db.execute(
-            "SELECT call_id, channel_id, adapter_id, amount, cumulative, voucher_amount, voucher_call_hash,"
-            " voucher_signature FROM calls WHERE settlement_id = ? ORDER BY cumulative",
-            (batch_id,),
-        ).fetchall()
+        # Amounts are decimal text: ordered by their integer value here, not by SQLite's text order.
+        rows = sorted(
+            db.execute(
+                "SELECT call_id, channel_id, adapter_id, amount, cumulative, voucher_amount, voucher_call_hash,"
+                " voucher_signature FROM calls WHERE settlement_id = ?",
+                (batch_id,),
+            ).fetchall(),
+            key=lambda r: int(r["cumulative"]),
+        )
         claims: dict[str, tuple[int, int, str, str]] = {}
         revenue: dict[str, int] = defaultdict(int)
         settled = {
@@ -443,7 +448,7 @@ class Ledger:
                 (batch_id,),
             )
         }
-        for row in sorted(rows, key=lambda r: int(r["cumulative"])):
+        for row in rows:
             if int(row["cumulative"]) <= settled[row["channel_id"]]:
                 continue  # calls charged nothing (0 tokens at price 0) leave their channel's total where it was
             # The highest cumulative amount of a channel in the batch is claimed under that call's voucher.

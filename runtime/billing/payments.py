@@ -132,6 +132,24 @@ class PaymentGate:
             extra=extra,
         )
 
+    def required(
+        self,
+        url: str,
+        prices: Prices,
+        max_amount_wei: int,
+        *,
+        error: str | None = None,
+        charged_cumulative: int | None = None,
+    ) -> Any:
+        """The x402 PaymentRequired of a call to `url` that may cost up to `max_amount_wei`."""
+        return x402.PaymentRequired(
+            x402_version=2,
+            error=error,
+            resource=x402.ResourceInfo(url=url, mime_type="application/json"),
+            accepts=[self.requirements(prices, max_amount_wei, charged_cumulative)],
+            extensions=x402.payment_identifier_extension("", required=False),
+        )
+
     def payment_required(
         self,
         url: str,
@@ -141,15 +159,10 @@ class PaymentGate:
         error: str | None = None,
         charged_cumulative: int | None = None,
     ) -> str:
-        """The PAYMENT-REQUIRED header value for a call to `url` that may cost up to `max_amount_wei`."""
-        required = x402.PaymentRequired(
-            x402_version=2,
-            error=error,
-            resource=x402.ResourceInfo(url=url, mime_type="application/json"),
-            accepts=[self.requirements(prices, max_amount_wei, charged_cumulative)],
-            extensions=x402.payment_identifier_extension("", required=False),
+        """The PAYMENT-REQUIRED header value of `required(...)`."""
+        return x402.encode_payment_required(
+            self.required(url, prices, max_amount_wei, error=error, charged_cumulative=charged_cumulative)
         )
-        return x402.encode_payment_required(required)
 
     # ------------------------------------------------------------------------------------------- verify
 

@@ -113,11 +113,6 @@ class Runtime:
             self._started = False
         self.ledger.close()
 
-    def chain_info(self) -> dict[str, Any]:
-        d = self.chain.deployments.to_json()
-        if self.rpc is not None:
-            d["rpcUrl"] = None  # filled per request with the server's own /rpc URL
-        return d
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -303,8 +298,8 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v1/chain")
     async def chain_info(request: Request):
-        info = runtime.chain_info() | {"operator": runtime.terms.payee}
-        if runtime.rpc is not None:
+        info = runtime.chain.deployments.to_json() | {"operator": runtime.terms.payee}
+        if runtime.rpc is not None:  # the embedded chain is reached through this server's own /rpc
             info["rpcUrl"] = str(request.url_for("rpc"))
         return info
 

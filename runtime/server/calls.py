@@ -8,7 +8,6 @@ reservation, so nothing is ever charged without a receipt.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -219,10 +218,13 @@ class CallService:
 
     def _402(self, url: str, call: PreparedCall, max_amount: int, code: str, message: str, *, status: int = 402,
              charged: int | None = None) -> APIError:  # fmt: skip
-        value = self.gate.payment_required(url, call.adapter.terms.prices, max_amount, error=code,
-                                           charged_cumulative=charged)  # fmt: skip
-        extra = {"x402Version": 2, "accepts": json.loads(_b64json(value))["accepts"]} if status == 402 else {}
-        return APIError(code, message, status=status, headers={x402.PAYMENT_REQUIRED_HEADER: value}, extra=extra)
+        required = self.gate.required(url, call.adapter.terms.prices, max_amount, error=code, charged_cumulative=charged)
+        extra = {}
+        if status == 402:  # the body repeats the header's requirements, as x402 servers do
+            extra = {"x402Version": 2,
+                     "accepts": [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in required.accepts]}  # fmt: skip
+        headers = {x402.PAYMENT_REQUIRED_HEADER: x402.encode_payment_required(required)}
+        return APIError(code, message, status=status, headers=headers, extra=extra)
 
     # ------------------------------------------------------------------------------------------- serve
 
@@ -246,15 +248,9 @@ class CallService:
             if finish in (None, "error", "abort"):
                 raise APIError("overloaded" if finish == "abort" else "internal_error",
                                f"generation did not finish ({error if finish else 'no result'}); nothing was charged")  # fmt: skip
-            output = "".join(text)
-            body = self._body(call, request.request_id, output, finish, usage)
-            headers = {}
-            if paid is not None:
-                receipt, settle_header = await run_in_threadpool(self._charge, call, paid, token_ids, output, usage, body)
-                body["receipt"] = receipt
-                headers[x402.PAYMENT_RESPONSE_HEADER] = settle_header
-            self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
-            self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
+            body, settle_header = await self._complete(call, paid, request.request_id, token_ids, "".join(text), finish,
+                                                       usage)  # fmt: skip
+            headers = {} if settle_header is None else {x402.PAYMENT_RESPONSE_HEADER: settle_header}
             return JSONResponse(body, headers=headers)
         except BaseException:
             if paid is not None:
@@ -287,19 +283,14 @@ class CallService:
                     self.ledger.release(paid.call_id, "generation failed")
                     resolved = True
                 return
-            output = "".join(text)
+            body, settle_header = await self._complete(call, paid, request.request_id, token_ids, "".join(text), finish,
+                                                       usage)  # fmt: skip
+            resolved = True
             last = self._chunk(call, chunk_id, {} if call.kind == "chat.completion" else "", finish)
             if call.include_usage:
                 last["usage"] = _usage(usage)
-            settle_header = None
             if paid is not None:
-                body = self._body(call, request.request_id, output, finish, usage)
-                receipt, settle_header = await run_in_threadpool(self._charge, call, paid, token_ids, output, usage, body)
-                body["receipt"] = receipt
-                resolved = True
-                last["receipt"] = receipt
-            self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
-            self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
+                last["receipt"] = body["receipt"]
             yield _sse(last)
             if settle_header is not None:
                 yield f"event: {x402.STREAM_PAYMENT_EVENT}\ndata: {settle_header}\n\n"
@@ -310,6 +301,20 @@ class CallService:
             self.metrics.requests_in_flight.dec()
 
     # ------------------------------------------------------------------------------------------- charge
+
+    async def _complete(self, call: PreparedCall, paid: _Paid | None, request_id: str, token_ids: list[int],
+                        output: str, finish: str, usage) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+        """A finished generation: its OpenAI body and, for a paid call, the receipt charged with it (in the body)
+        and the PAYMENT-RESPONSE value. The ledger's fsync runs off the event loop."""
+        body = self._body(call, request_id, output, finish, usage)
+        settle_header = None
+        if paid is not None:
+            body["receipt"], settle_header = await run_in_threadpool(
+                self._charge, call, paid, token_ids, output, usage, body
+            )
+        self.metrics.tokens.labels(kind="prompt").inc(usage.prompt_tokens)
+        self.metrics.tokens.labels(kind="completion").inc(usage.completion_tokens)
+        return body, settle_header
 
     def _charge(self, call: PreparedCall, paid: _Paid, token_ids: list[int], output: str, usage, body: dict):
         """Attributes the output, signs the receipt and writes it with the channel's new total (one transaction).
@@ -333,16 +338,17 @@ class CallService:
             attribution_hash=_hash_json(attribution),
         )
         signature = "0x" + sign_receipt(self.operator, self.gate.terms.domain, receipt).hex()
-        wire = _receipt_json(receipt) | {"signature": signature}
+        receipt_json = _receipt_json(receipt)
+        wire = receipt_json | {"signature": signature}
         settle_header = self.gate.settle_response(
-            paid.payment.config.payer, amount, receipt.cumulative_amount, _receipt_json(receipt), signature
+            paid.payment.config.payer, amount, receipt.cumulative_amount, receipt_json, signature
         )
         self.ledger.charge(
             paid.call_id,
             amount=amount,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
-            receipt=_receipt_json(receipt),
+            receipt=receipt_json,
             receipt_signature=signature,
             attribution=attribution,
             response={"body": body | {"receipt": wire}, "paymentResponse": settle_header},
@@ -411,7 +417,4 @@ def _sse(payload: dict[str, Any], event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
-
-def _b64json(value: str) -> bytes:
-    return base64.b64decode(value)
 

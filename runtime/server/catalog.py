@@ -94,15 +94,6 @@ class Catalog:
             self._adapters.pop(adapter_id)
         self._engine.remove_adapter(adapter_id)
 
-    def refresh(self, adapter_id: str) -> AdapterInfo:
-        """Re-reads the adapter's on-chain registration (after `loraledger adapters publish`)."""
-        info = self.get(adapter_id)
-        owner, registered = self.registry_owner(adapter_id)
-        fresh = AdapterInfo(info.id, info.folder, info.terms, info.rank, info.targets, owner or info.terms.owner, registered)
-        with self._lock:
-            self._adapters[adapter_id] = fresh
-        return fresh
-
     def get(self, adapter_id: str) -> AdapterInfo:
         if adapter_id == BASE:
             return self.base
