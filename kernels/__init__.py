@@ -9,10 +9,12 @@ Public operators (in place, return y):
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
 same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
-Two paths, one operator: small batches take one launch (kernels/sgmv_fused.py: each program shrinks
-its tile over the whole K, then expands a column group), larger ones a split-K shrink and an expand
-(kernels/sgmv_shrink.py, kernels/sgmv_expand.py); configs.prefers_fused decides from host-known
-sizes (T, N, K, R and the bound on the batch's tiles, which a LoraMeta built with num_adapters tightens).
+Three paths, one operator: the one-launch whole-K kernel (kernels/sgmv_fused.py: each program shrinks
+its tile over the whole K, then expands a column group) where configs.prefers_fused picks it from
+host-known sizes (T, N, K, R and the bound on the batch's tiles, which a LoraMeta built with num_adapters
+tightens); otherwise a split-K shrink and an expand, as two launches (kernels/sgmv_shrink.py,
+kernels/sgmv_expand.py) or, where the table's config says `coop`, as one cooperative launch with a grid
+barrier between them (kernels/sgmv_coop.py).
 
 ``meta`` is a LoraMeta (kernels/meta.py) built once per step from token_slots and shared by every
 projection of the step; without it each call builds its own. It is derived data only: the reference
@@ -85,9 +87,10 @@ def _triton_apply(
     token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
     meta: LoraMeta | None,
 ) -> torch.Tensor:
-    """Check, build the metadata if needed, then one launch or two as configs.prefers_fused says."""
-    from .configs import fused_config, prefers_fused
-    from .sgmv import prepare, two_launches
+    """Check, build the metadata if needed, then the whole-K kernel if configs.prefers_fused says so, else
+    split-K in one cooperative launch or two as the table's config says."""
+    from .configs import fused_config, prefers_fused, sgmv_config
+    from .sgmv import cooperative, prepare, two_launches
     from .sgmv_fused import sgmv_fused
 
     meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
@@ -99,7 +102,10 @@ def _triton_apply(
     widths = tuple(b.shape[1] for b in lora_b)
     if prefers_fused(fused, t, meta.max_tiles(s), meta.block_t, widths, k, r, x.element_size()):
         return sgmv_fused(y, x, lora_a, lora_b, ranks, scales, meta, fused)
-    return two_launches(y, x, lora_a, lora_b, ranks, scales, meta)
+    cfg = sgmv_config(t, x.device)
+    if cfg.coop:
+        return cooperative(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
+    return two_launches(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
 
 
 def _use_triton(x: torch.Tensor) -> bool:

@@ -7,7 +7,16 @@ import functools
 
 import torch
 
-__all__ = ["FusedConfig", "SgmvConfig", "block_t_for", "fused_config", "fused_group_width", "prefers_fused", "sgmv_config"]
+__all__ = [
+    "FusedConfig",
+    "SgmvConfig",
+    "block_t_for",
+    "fused_config",
+    "fused_group_width",
+    "hopper_sgmv_config",
+    "prefers_fused",
+    "sgmv_config",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,19 +26,27 @@ class SgmvConfig:
     block_t: tokens per tile (the metadata's tiles; a tile holds tokens of one slot only). A prebuilt
         LoraMeta brings its own block_t; this one is used when the call builds the metadata.
     k_chunk, max_splits: the shrink splits K into chunks of at least k_chunk elements and at most
-        max_splits (<= 16) chunks (split-K: one partial sum per chunk, summed by the expand), so small
+        max_splits (<= 64) chunks (split-K: one partial sum per chunk, summed by the expand), so small
         batches spread the K loop over many programs.
+    few_tiles, few_tiles_max_splits: when the host bound on the batch's tiles is at most few_tiles, at
+        most few_tiles_max_splits chunks instead: a batch of one or two adapters has too few tiles to
+        fill the GPU, so it cuts a long K into more, shorter chunks.
     block_k, block_n: the shrink's K step and the expand's column block (capped so that a B tile
         holds at most 8192 elements: narrower for the larger padded ranks).
     n_blocks: column blocks one expand work item walks (reuses its partial sums, pipelines y).
     programs_per_sm: persistent programs per multiprocessor (work items are strided over them).
     pdl: launch the expand as a programmatic dependent launch (Hopper+), so its launch and its loads
         of B and y overlap the shrink.
+    coop: run the same split-K shrink and expand as one cooperative launch instead (kernels/sgmv_coop.py:
+        at most one persistent program per multiprocessor, a grid barrier between the phases; the expand
+        takes one block_n column block per work item and the larger of the two warp counts).
     """
 
     block_t: int
     k_chunk: int
     max_splits: int
+    few_tiles: int
+    few_tiles_max_splits: int
     block_k: int
     shrink_warps: int
     shrink_stages: int
@@ -38,6 +55,7 @@ class SgmvConfig:
     expand_warps: int
     programs_per_sm: int
     pdl: bool
+    coop: bool
 
 
 # (largest T of the bucket, config), smallest bucket first; the last bucket takes every larger T.
@@ -46,24 +64,40 @@ _Table = tuple[tuple[int, SgmvConfig], ...]
 # Hopper (sm_90: H100, H200), tuned on an H100 80GB HBM3 by benchmarks/kernels/bench_sgmv.py
 # (its config sweep; see benchmarks/RESULTS.md). Decode buckets: one to a few k-blocks per shrink item
 # (latency), prefill: more tiles of fewer tokens and narrower column blocks (more work in flight).
+# Few tiles, long K (bench_sgmv --small-floor, 2026-11-23, `down`, K = 14336): with at most 4 tiles (T <= 64,
+# one adapter) 28 chunks of 512 took 0.74-1.02x the time of 14 of 1024 over T = 1/16/64 and r = 8/16/64; at
+# T = 256 with n <= 8 (<= 23 tiles) 0.91-0.97x; at T <= 64 with n >= 8 0.82-1.11x (no rule). K = 4096 keeps
+# its chunks (16 of 256, 8 of 512) either way.
+# coop (one cooperative launch, kernels/sgmv_coop.py) is off: in the same run (an earlier barrier) it was slower
+# than two launches with PDL in 97 of the 108 small-floor decode cases (geometric mean 1.30x, up to 2.2x where
+# programs walk many work items; faster only at T = 1, n = 1, r = 16 and for `kv` at T = 256, where its
+# narrower expand items win). The final barrier (arrival before the expand's prefetch, relaxed start read),
+# on `kv`/`qo` only: 0.87-0.99x at T = 1 (6 cases), 1.07-1.49x at T = 16 and 64 (26 cases).
 _SM90: _Table = (
-    (64, SgmvConfig(block_t=16, k_chunk=256, max_splits=16, block_k=256, shrink_warps=8,
-                    shrink_stages=2, block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8, pdl=True)),
-    (256, SgmvConfig(block_t=16, k_chunk=512, max_splits=16, block_k=128, shrink_warps=4,
-                     shrink_stages=2, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
-    (1024, SgmvConfig(block_t=16, k_chunk=1024, max_splits=16, block_k=128, shrink_warps=4,
-                      shrink_stages=3, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8, pdl=True)),
-    (1 << 62, SgmvConfig(block_t=32, k_chunk=1024, max_splits=4, block_k=128, shrink_warps=4,
-                         shrink_stages=3, block_n=128, n_blocks=2, expand_warps=8, programs_per_sm=4, pdl=True)),
+    (64, SgmvConfig(block_t=16, k_chunk=256, max_splits=16, few_tiles=4, few_tiles_max_splits=28, block_k=256,
+                    shrink_warps=8, shrink_stages=2, block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8,
+                    pdl=True, coop=False)),
+    (256, SgmvConfig(block_t=16, k_chunk=512, max_splits=16, few_tiles=23, few_tiles_max_splits=28, block_k=128,
+                     shrink_warps=4, shrink_stages=2, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8,
+                     pdl=True, coop=False)),
+    (1024, SgmvConfig(block_t=16, k_chunk=1024, max_splits=16, few_tiles=0, few_tiles_max_splits=16, block_k=128,
+                      shrink_warps=4, shrink_stages=3, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8,
+                      pdl=True, coop=False)),
+    (1 << 62, SgmvConfig(block_t=32, k_chunk=1024, max_splits=4, few_tiles=0, few_tiles_max_splits=4, block_k=128,
+                         shrink_warps=4, shrink_stages=3, block_n=128, n_blocks=2, expand_warps=8, programs_per_sm=4,
+                         pdl=True, coop=False)),
 )
 
 # Other CUDA GPUs: the Hopper shapes without PDL (untuned).
 _DEFAULT: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM90)
 
-# The Triton interpreter (CPU): small tiles, few programs, several work items each.
+# The Triton interpreter (CPU): small tiles, few programs, several work items each; split-K as one
+# cooperative launch (one program there), so that CI runs the dispatch three ways (whole-K one launch for
+# small batches, cooperative otherwise; the tests also force each path), and the few-tiles split rule.
 _INTERPRETER: _Table = (
-    (1 << 62, SgmvConfig(block_t=16, k_chunk=64, max_splits=16, block_k=32, shrink_warps=4,
-                         shrink_stages=1, block_n=32, n_blocks=2, expand_warps=4, programs_per_sm=3, pdl=False)),
+    (1 << 62, SgmvConfig(block_t=16, k_chunk=64, max_splits=16, few_tiles=2, few_tiles_max_splits=64, block_k=32,
+                         shrink_warps=4, shrink_stages=1, block_n=32, n_blocks=2, expand_warps=4, programs_per_sm=3,
+                         pdl=False, coop=True)),
 )
 
 
@@ -155,7 +189,16 @@ def _table(device: torch.device) -> _Table:
 
 def sgmv_config(num_tokens: int, device: torch.device) -> SgmvConfig:
     """The table's config for a batch of num_tokens tokens on device (CPU means the interpreter)."""
-    for t_max, cfg in _table(device):
+    return _bucket(_table(device), num_tokens)
+
+
+def hopper_sgmv_config(num_tokens: int) -> SgmvConfig:
+    """The Hopper table's config for num_tokens, without asking a GPU (benchmark reports)."""
+    return _bucket(_SM90, num_tokens)
+
+
+def _bucket(table: _Table, num_tokens: int) -> SgmvConfig:
+    for t_max, cfg in table:
         if num_tokens <= t_max:
             return cfg
     raise AssertionError("the last bucket takes every T")

@@ -18,7 +18,7 @@ class LoraMeta:
     tiles of at most `block_t` consecutive sorted tokens of one slot. The kernels walk the tiles, so
     one tile reads its adapter's A and B once for all of its tokens.
 
-    Buffers, all int32, allocated once for `max_tokens` on one device and refilled in place by
+    Buffers, int32 but for the barrier, allocated once for `max_tokens` on one device and refilled in place by
     `build` with device-side torch ops alone (no `.item()`, no `nonzero`): a step can build them inside
     the CUDA graph it replays, or eagerly before the replay, and the kernels captured in the graph
     read the same addresses every time.
@@ -28,6 +28,8 @@ class LoraMeta:
         tile_start  [max_tokens + 1]  first sorted position of the tile
         tile_end    [max_tokens + 1]  one past its last sorted position
         num_tiles   [1]               how many tiles the last build wrote (<= tokens, <= T/block_t + slots)
+        barrier     [1] int64         the cooperative split-K kernel's grid barrier: each launch adds
+                                      kernels.sgmv_coop.BARRIER_SPAN to it; never touched by build
 
     Host attributes of the last build: `num_tokens` (T) and `block_t`, which follow from T alone (so
     they are the same on every step of one CUDA-graph batch-size bucket), and `num_adapters`, the
@@ -39,7 +41,8 @@ class LoraMeta:
         meta.build(token_slots)                 # each step, token_slots [T] int on the same device
         lora_apply(y, x, a, b, ranks, scales, token_slots, meta=meta)
 
-    One LoraMeta serves one stream at a time: a build overwrites what kernels still queued may read.
+    One LoraMeta serves one stream at a time: a build overwrites what kernels still queued may read, and
+    one-launch split-K kernels running at once would share its barrier.
     """
 
     def __init__(self, max_tokens: int, device: torch.device | str) -> None:
@@ -56,6 +59,7 @@ class LoraMeta:
         self.tile_start = torch.zeros(max_tokens + 1, **i32)
         self.tile_end = torch.zeros(max_tokens + 1, **i32)
         self.num_tiles = torch.zeros(1, **i32)
+        self.barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
         self._positions = torch.arange(max_tokens, dtype=torch.int64, device=self.device)
         self.num_tokens = 0
         self.block_t = 0

@@ -8,13 +8,15 @@ import triton.language as tl
 
 from .configs import num_sms
 
-__all__ = ["paged_attention"]
+__all__ = ["SPLIT_CHOICES", "paged_attention"]
 
 _LOG2E = 1.4426950408889634
 _NO_WINDOW = 2**31 - 1
+SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)  # the split counts the default rule picks
 
 
-@triton.jit
+# A block table's row stride is its width, which changes with the batch: unspecialised, one variant serves all.
+@triton.jit(do_not_specialize=["stride_bt"])
 def _paged_attention_kernel(
     out_ptr,  # [B, H, D] q's dtype; written when NUM_SPLITS == 1
     part_acc_ptr,  # [B, H, NUM_SPLITS, BLOCK_D] fp32 unnormalised partial outputs; written when NUM_SPLITS > 1
@@ -257,9 +259,11 @@ def paged_attention(
 
 
 def _default_num_splits(programs: int, max_context_len: int | None, block_n: int, device: torch.device) -> int:
-    """Enough splits to give every multiprocessor about two programs, each split at least 4 key tiles."""
+    """Enough splits to give every multiprocessor about two programs, each split at least 4 key tiles,
+    rounded down to a power of two: NUM_SPLITS is a compile-time constant, so a server meets at most six
+    variants (SPLIT_CHOICES), which Engine.warm_up compiles before the first request."""
     if device.type != "cuda" or max_context_len is None:
         return 1
     by_length = max(1, max_context_len // (4 * block_n))
     by_occupancy = triton.cdiv(2 * num_sms(device), programs)
-    return max(1, min(by_length, by_occupancy, 32))
+    return 1 << (max(1, min(by_length, by_occupancy, SPLIT_CHOICES[-1])).bit_length() - 1)

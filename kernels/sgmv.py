@@ -1,4 +1,5 @@
-"""The Triton paths of lora_apply / lora_apply_fused: shape checks, then two launches (shrink, expand) or one."""
+"""The Triton paths of lora_apply / lora_apply_fused: shape checks, then split-K in two launches (shrink,
+expand) or in one cooperative launch, or the one-launch whole-K kernel."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import torch
 
 from .configs import FusedConfig, SgmvConfig, fused_config, sgmv_config
 from .meta import LoraMeta
+from .sgmv_coop import sgmv_coop
 from .sgmv_expand import sgmv_expand
 from .sgmv_fused import sgmv_fused
 from .sgmv_shrink import sgmv_shrink
 
-__all__ = ["MAX_SLICES", "prepare", "sgmv", "sgmv_one_launch", "two_launches"]
+__all__ = ["MAX_SLICES", "cooperative", "prepare", "sgmv", "sgmv_cooperative", "sgmv_one_launch", "two_launches"]
 
 MAX_SLICES = 3  # qkv; the kernels take up to three slices in one launch
 
@@ -58,6 +60,25 @@ def two_launches(
     return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
 
 
+def cooperative(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    meta: LoraMeta,
+    cfg: SgmvConfig | None = None,
+) -> torch.Tensor:
+    """The split-K shrink and the expand in one cooperative launch (kernels/sgmv_coop.py), on inputs that
+    prepare() checked; returns y."""
+    t = x.shape[0]
+    if t == 0:
+        return y
+    cfg = sgmv_config(t, x.device) if cfg is None else cfg
+    return sgmv_coop(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
+
+
 def sgmv(
     y: torch.Tensor,  # [T, sum N_i]
     x: torch.Tensor,  # [T, K]
@@ -69,12 +90,30 @@ def sgmv(
     meta: LoraMeta | None = None,
     cfg: SgmvConfig | None = None,
 ) -> torch.Tensor:
-    """y[:, off_i:off_i + N_i] += LoRA of slice i for every slice, in two launches (shrink, expand); returns y.
+    """y[:, off_i:off_i + N_i] += LoRA of slice i for every slice, in two launches (shrink, expand) whatever
+    cfg.coop says; returns y.
 
     Builds the metadata from token_slots when meta is None (a few small device ops; no host sync).
     cfg overrides the tuned table (the benchmarks sweep it)."""
     meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta, None if cfg is None else cfg.block_t)
     return two_launches(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
+
+
+def sgmv_cooperative(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    meta: LoraMeta | None = None,
+    cfg: SgmvConfig | None = None,
+) -> torch.Tensor:
+    """The same operator as sgmv, split-K in one cooperative launch (kernels/sgmv_coop.py) whatever
+    cfg.coop says; returns y. cfg overrides the tuned table."""
+    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta, None if cfg is None else cfg.block_t)
+    return cooperative(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
 
 
 def sgmv_one_launch(

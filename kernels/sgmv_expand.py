@@ -9,10 +9,39 @@ import triton.language as tl
 from .configs import SgmvConfig, num_sms
 from .meta import LoraMeta
 
-__all__ = ["sgmv_expand"]
+__all__ = ["sgmv_expand", "split_group"]
+
+
+def split_group(split_k: int) -> int:
+    """Splits the expand sums per unrolled group of loads (all in flight at once): at most 16."""
+    return min(split_k, 16)
 
 
 @triton.jit
+def _sum_splits(
+    ws_ptrs,  # [BLOCK_T, BLOCK_R] pointers into split 0 of the workspace
+    mask,  # [BLOCK_T, 1] rows to read
+    split_stride,  # elements between two splits
+    SPLIT_K: tl.constexpr,
+    SPLIT_GROUP: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """sum_j ws[j] over the SPLIT_K splits in fp32, SPLIT_GROUP unrolled loads at a time; .cg: the shrink
+    wrote them, L2 has them, this SM's L1 may hold stale lines."""
+    p = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+    for j0 in range(0, SPLIT_K, SPLIT_GROUP):
+        for j in tl.static_range(SPLIT_GROUP):
+            if SPLIT_K % SPLIT_GROUP == 0:
+                p += tl.load(ws_ptrs + (j0 + j) * split_stride, mask=mask, other=0.0, cache_modifier=".cg")
+            else:
+                p += tl.load(ws_ptrs + (j0 + j) * split_stride, mask=mask & (j0 + j < SPLIT_K), other=0.0,
+                             cache_modifier=".cg")
+    return p
+
+
+# T and the work-item bounds change with the batch: unspecialised, one compiled variant serves every size.
+@triton.jit(do_not_specialize=["T", "max_items"])
 def _sgmv_expand_kernel(
     y_ptr,  # [T, >= sum N_i]: column offsets 0, N0, N0 + N1 of y's view
     b0_ptr,  # [S, N0, R] slice 0
@@ -45,6 +74,7 @@ def _sgmv_expand_kernel(
     EVEN_N: tl.constexpr,  # every N_i is a multiple of N_BLOCKS * BLOCK_N: no column masks
     NUM_SLICES: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    SPLIT_GROUP: tl.constexpr,  # splits summed per unrolled group: min(SPLIT_K, 16)
     BLOCK_T: tl.constexpr,
     BLOCK_R: tl.constexpr,
     R_VEC: tl.constexpr,  # elements of B in 16 bytes
@@ -106,12 +136,9 @@ def _sgmv_expand_kernel(
             yv = tl.load(y_ptrs, mask=y_mask, other=0.0)
             if PDL_WAIT:
                 tl.extra.cuda.gdc_wait()
-            # The split-K partials, unrolled so that every load is in flight at once; .cg: the shrink wrote
-            # them, L2 has them, this SM's L1 may hold stale lines.
+            # The split-K partials, in unrolled groups so that a group's loads are in flight at once.
             ws_ptrs = ws_ptr + (sl * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
-            p = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-            for j in tl.static_range(SPLIT_K):
-                p += tl.load(ws_ptrs + j * (NUM_SLICES * T * BLOCK_R), mask=t_mask[:, None], other=0.0, cache_modifier=".cg")
+            p = _sum_splits(ws_ptrs, t_mask[:, None], NUM_SLICES * T * BLOCK_R, SPLIT_K, SPLIT_GROUP, BLOCK_T, BLOCK_R)
             p = (p * scale).to(b_ptr.dtype.element_ty)
             for nb in range(N_BLOCKS):
                 bv = tl.where(r_mask[None, :], bv, 0.0)
@@ -192,6 +219,7 @@ def sgmv_expand(
         EVEN_N=all(n % group == 0 for n in widths),
         NUM_SLICES=num_slices,
         SPLIT_K=ws.shape[0],
+        SPLIT_GROUP=split_group(ws.shape[0]),
         BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         R_VEC=16 // b0.element_size(),

@@ -9,10 +9,108 @@ import triton.language as tl
 from .configs import SgmvConfig, num_sms
 from .meta import LoraMeta
 
-__all__ = ["sgmv_shrink"]
+__all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
+
+MAX_SPLITS = 64  # K chunks at most: the expand sums them in unrolled groups of 16
+
+
+def split_plan(k: int, cfg: SgmvConfig, max_tiles: int) -> tuple[int, int, int]:
+    """(block_k, k_chunk, split_k) for K = k: chunks of at least cfg.k_chunk elements (a multiple of
+    block_k), at most min(cfg.max_splits, MAX_SPLITS) of them, or cfg.few_tiles_max_splits when the host
+    bound on the tiles is at most cfg.few_tiles."""
+    max_splits = cfg.few_tiles_max_splits if max_tiles <= cfg.few_tiles else cfg.max_splits
+    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
+    k_chunk = max(cfg.k_chunk, triton.cdiv(k, min(max_splits, MAX_SPLITS)))
+    k_chunk = min(triton.cdiv(k_chunk, block_k), triton.cdiv(k, block_k)) * block_k
+    return block_k, k_chunk, triton.cdiv(k, k_chunk)
 
 
 @triton.jit
+def _shrink_item(
+    w,  # work item: (tile, slice, split) = (w // (SPLIT_K * NUM_SLICES), w // SPLIT_K % NUM_SLICES, w % SPLIT_K)
+    num_tiles,
+    x_ptr,
+    a0_ptr,
+    a1_ptr,
+    a2_ptr,
+    ranks_ptr,
+    ws_ptr,
+    token_order_ptr,
+    tile_slot_ptr,
+    tile_start_ptr,
+    tile_end_ptr,
+    T,
+    K,
+    stride_xt,
+    stride_xk,
+    stride_as,
+    stride_ar,
+    stride_ak,
+    stride_rank_slice,
+    NUM_SLICES: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    K_CHUNK: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    STAGES: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
+):
+    """One shrink work item (the loop body of _sgmv_shrink_kernel, shared with kernels/sgmv_coop.py).
+
+    Small batches are latency-bound (a few dependent misses to HBM): the tile's record is loaded in one
+    round (num_tiles came with it), then its rank and token indices together, then x and A."""
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_k = tl.arange(0, BLOCK_K)
+    split = w % SPLIT_K
+    sl = (w // SPLIT_K) % NUM_SLICES
+    tile = w // (SPLIT_K * NUM_SLICES)
+    live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
+    slot = tl.load(tile_slot_ptr + tile)
+    pos = tl.load(tile_start_ptr + tile) + offs_t
+    t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
+    rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
+    tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
+    if rank > 0:
+        a_ptr = a0_ptr
+        if NUM_SLICES > 1:
+            if sl == 1:
+                a_ptr = a1_ptr
+        if NUM_SLICES > 2:
+            if sl == 2:
+                a_ptr = a2_ptr
+        r_mask = offs_r < rank
+        k0 = split * K_CHUNK
+        x_ptrs = x_ptr + tok[:, None] * stride_xt + (k0 + offs_k)[None, :] * stride_xk
+        a_ptrs = (
+            a_ptr
+            + slot.to(tl.int64) * stride_as
+            + offs_r[:, None] * stride_ar
+            + (k0 + offs_k)[None, :] * stride_ak
+        )
+        acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+        for k in tl.range(0, K_CHUNK, BLOCK_K, num_stages=STAGES):
+            if EVEN_K:
+                xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
+                av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
+            else:
+                k_mask = (k0 + k + offs_k) < K
+                xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+                av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+            if IEEE_DOT:
+                acc = tl.dot(xv, tl.trans(av), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xv, tl.trans(av), acc)
+            x_ptrs += BLOCK_K * stride_xk
+            a_ptrs += BLOCK_K * stride_ak
+        ws_ptrs = ws_ptr + ((split * NUM_SLICES + sl) * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
+        tl.store(ws_ptrs, acc, mask=t_mask[:, None])
+
+
+# T and the work-item bounds change with the batch: unspecialised, one compiled variant serves every size.
+@triton.jit(do_not_specialize=["T", "max_items"])
 def _sgmv_shrink_kernel(
     x_ptr,  # [T, K]
     a0_ptr,  # [S, R, K] slice 0
@@ -51,56 +149,12 @@ def _sgmv_shrink_kernel(
     past num_tiles (read on device) do nothing."""
     if LAUNCH_DEPENDENTS:
         tl.extra.cuda.gdc_launch_dependents()
-    # Small batches are latency-bound (a few dependent misses to HBM): num_tiles and the tile's record
-    # are loaded together, then its rank and token indices, then x and A.
     num_tiles = tl.load(num_tiles_ptr)
-    offs_t = tl.arange(0, BLOCK_T)
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
     for w in range(tl.program_id(0), max_items, tl.num_programs(0)):
-        split = w % SPLIT_K
-        sl = (w // SPLIT_K) % NUM_SLICES
-        tile = w // (SPLIT_K * NUM_SLICES)
-        live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
-        slot = tl.load(tile_slot_ptr + tile)
-        pos = tl.load(tile_start_ptr + tile) + offs_t
-        t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
-        rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
-        tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
-        if rank > 0:
-            a_ptr = a0_ptr
-            if NUM_SLICES > 1:
-                if sl == 1:
-                    a_ptr = a1_ptr
-            if NUM_SLICES > 2:
-                if sl == 2:
-                    a_ptr = a2_ptr
-            r_mask = offs_r < rank
-            k0 = split * K_CHUNK
-            x_ptrs = x_ptr + tok[:, None] * stride_xt + (k0 + offs_k)[None, :] * stride_xk
-            a_ptrs = (
-                a_ptr
-                + slot.to(tl.int64) * stride_as
-                + offs_r[:, None] * stride_ar
-                + (k0 + offs_k)[None, :] * stride_ak
-            )
-            acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-            for k in tl.range(0, K_CHUNK, BLOCK_K, num_stages=STAGES):
-                if EVEN_K:
-                    xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
-                    av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
-                else:
-                    k_mask = (k0 + k + offs_k) < K
-                    xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
-                    av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
-                if IEEE_DOT:
-                    acc = tl.dot(xv, tl.trans(av), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(xv, tl.trans(av), acc)
-                x_ptrs += BLOCK_K * stride_xk
-                a_ptrs += BLOCK_K * stride_ak
-            ws_ptrs = ws_ptr + ((split * NUM_SLICES + sl) * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
-            tl.store(ws_ptrs, acc, mask=t_mask[:, None])
+        _shrink_item(w, num_tiles, x_ptr, a0_ptr, a1_ptr, a2_ptr, ranks_ptr, ws_ptr, token_order_ptr, tile_slot_ptr,
+                     tile_start_ptr, tile_end_ptr, T, K, stride_xt, stride_xk, stride_as, stride_ar, stride_ak,
+                     stride_rank_slice, NUM_SLICES, SPLIT_K, K_CHUNK, EVEN_K, BLOCK_T, BLOCK_R, BLOCK_K, STAGES,
+                     IEEE_DOT)
 
 
 def sgmv_shrink(
@@ -119,13 +173,10 @@ def sgmv_shrink(
     a0 = lora_a[0]
     num_slices = len(lora_a)
     block_r = max(16, triton.next_power_of_2(a0.shape[1]))
-    block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
-    # The expand sums the splits with one unrolled load each: at most 16.
-    k_chunk = max(cfg.k_chunk, triton.cdiv(k, min(cfg.max_splits, 16)))
-    k_chunk = min(triton.cdiv(k_chunk, block_k), triton.cdiv(k, block_k)) * block_k
-    split_k = triton.cdiv(k, k_chunk)
+    max_tiles = meta.max_tiles(a0.shape[0])
+    block_k, k_chunk, split_k = split_plan(k, cfg, max_tiles)
     ws = torch.empty((split_k, num_slices, t, block_r), dtype=torch.float32, device=x.device)
-    max_items = meta.max_tiles(a0.shape[0]) * num_slices * split_k
+    max_items = max_tiles * num_slices * split_k
     if max_items == 0:
         return ws
     grid = (min(max_items, num_sms(x.device) * cfg.programs_per_sm),)

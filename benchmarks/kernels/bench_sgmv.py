@@ -1,13 +1,16 @@
 """SGMV kernels vs torch baselines, the memory floor and the base layer on Llama-3-8B shapes.
 
-Both Triton paths are timed in every decode case up to T = 1024: one launch (kernels/sgmv_fused.py,
-with a sweep of its block sizes up to T = 256) and two (split-K shrink + expand); "ours" is the path
-that kernels.configs.prefers_fused picks for the case (report.py applies the rule again, so a rule set
-from these numbers reports the path it picks). Every time is the median of CUDA-graph replays with L2
-flushed before each, in microseconds; the metadata build is not timed (the engine builds it once per
-step for all projections). Run on a GPU:
+Every Triton path is timed side by side: split-K as two launches (shrink + expand, "two") and as one
+cooperative launch (kernels/sgmv_coop.py, "coop") in every case, with K split in 28 and 56 chunks too
+where K > 4096 ("split variants"); the whole-K one launch (kernels/sgmv_fused.py, "one", with a sweep of
+its block sizes up to T = 256) in every decode case up to T = 1024. "ours" is the path the dispatch
+picks for the case (kernels.configs.prefers_fused, then the table's `coop`; report.py applies the rule
+again, so a rule set from these numbers reports the path it picks). Every time is the median of
+CUDA-graph replays with L2 flushed before each, in microseconds; the metadata build is not timed (the
+engine builds it once per step for all projections). Run on a GPU:
 
     python benchmarks/kernels/bench_sgmv.py --out results/            # everything
+    python benchmarks/kernels/bench_sgmv.py --small-floor --out q/    # decode T <= 64 and T = 256 n <= 8 only
     python benchmarks/kernels/bench_sgmv.py --compile-only --shard 0/8 # warm Triton's cache in parallel
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -27,7 +31,7 @@ import triton.language as tl
 
 from loraledger.kernels import LoraMeta
 from loraledger.kernels.configs import FusedConfig, SgmvConfig, fused_config, prefers_fused, sgmv_config
-from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
+from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
 
 DTYPE = torch.bfloat16
 DEVICE = torch.device("cuda")
@@ -86,6 +90,11 @@ def grid_cases() -> list[Case]:
     return cases
 
 
+def small_floor(case: Case) -> bool:
+    """The decode cases whose memory floor is under 5 us (the <= 8 us goal's), where launches dominate."""
+    return case.kind == "decode" and (case.t <= 64 or (case.t == 256 and case.n <= 8))
+
+
 def anchor_cases() -> list[Case]:
     shape_of = {4096: "qo", 14336: "up"}
     return [Case(kind, shape_of[w], 16, t, n) for (kind, t, n), by_w in ANCHORS.items() for w in by_w]
@@ -128,6 +137,16 @@ class Inputs:
 
         def run() -> None:
             sgmv(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, cfg)
+
+        return run
+
+    def coop(self, cfg: SgmvConfig) -> Callable[[], None]:
+        """The same split-K in one cooperative launch."""
+        meta = self.meta(cfg.block_t)
+        ranks = self.ranks.unsqueeze(0)
+
+        def run() -> None:
+            sgmv_cooperative(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, cfg)
 
         return run
 
@@ -284,6 +303,18 @@ def fused_variants(device: torch.device) -> dict[str, FusedConfig]:
 
 FUSED_MAX_T = 1024  # the one-launch path is timed up to this T (decode), its sweep up to SWEEP_MAX_T
 SWEEP_MAX_T = 256
+# K cut into chunks of 512 or 256 elements where K is large, whatever the table's split rules say.
+SPLIT_VARIANTS = {
+    "s28": {"k_chunk": 512, "max_splits": 64, "few_tiles_max_splits": 64},
+    "s56": {"k_chunk": 256, "max_splits": 64, "few_tiles_max_splits": 64},
+}
+
+
+def split_variants(case: Case, cfg: SgmvConfig) -> dict[str, SgmvConfig]:
+    """The split-K variants timed for this case (both split-K paths each): K > 4096 only."""
+    if case.k <= 4096:
+        return {}
+    return {name: dataclasses.replace(cfg, **v) for name, v in SPLIT_VARIANTS.items()}
 
 
 def rule_inputs(case: Case, device: torch.device) -> dict:
@@ -311,24 +342,37 @@ def goals(row: dict) -> dict:
     return out
 
 
-def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: bool, variants: dict | None) -> dict:
+def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: bool, variants: dict | None,
+             one_launch: bool = True) -> dict:
     device = DEVICE
     inp = Inputs(case, device)
     cfg = sgmv_config(case.t, device)
     fcfg = fused_config(device)
     row = dataclasses.asdict(case) | {"k": case.k, "width": case.width} | rule_inputs(case, device)
-    one_too = case.kind == "decode" and case.t <= FUSED_MAX_T
+    one_too = one_launch and case.kind == "decode" and case.t <= FUSED_MAX_T
+    splits = split_variants(case, cfg)
     # Check before timing: the timed replays keep adding into y, whose growing magnitude would then
     # swamp the delta in bf16.
     row["err_two"] = check(inp, inp.ours(cfg))
+    row["err_coop"] = check(inp, inp.coop(cfg))
     if one_too:
         row["err_one"] = check(inp, inp.one(fcfg))
+    for name, v in splits.items():
+        row["err_coop"] = max(row["err_coop"], check(inp, inp.coop(v)))
+        row["err_two"] = max(row["err_two"], check(inp, inp.ours(v)))
     row["two_us"] = timer(inp.ours(cfg))
+    row["coop_us"] = timer(inp.coop(cfg))
     if one_too:
         row["one_us"] = timer(inp.one(fcfg))
+    if splits:
+        row["split_variants_us"] = {}
+        for name, v in splits.items():
+            row["split_variants_us"][f"two_{name}"] = timer(inp.ours(v))
+            row["split_variants_us"][f"coop_{name}"] = timer(inp.coop(v))
     row["fused"] = "one_us" in row and picks_fused(row, fcfg)
-    row["ours_us"] = row["one_us"] if row["fused"] else row["two_us"]
-    row["err"] = max(row["err_two"], row.get("err_one", 0.0))
+    row["coop"] = not row["fused"] and cfg.coop
+    row["ours_us"] = row["one_us"] if row["fused"] else row["coop_us"] if row["coop"] else row["two_us"]
+    row["err"] = max(row["err_two"], row["err_coop"], row.get("err_one", 0.0))
     row["floor_us"] = inp.floor_bytes() / bw * 1e6
     key = (case.shape, case.t)
     if key not in base_cache:
@@ -368,8 +412,9 @@ MULTI_SLICE_CASES = (
 )
 
 
-def fused_rows(timer: Timer) -> list[dict]:
-    """Multi-slice forms at rank 16: lora_apply_fused in one launch, in two, and one lora_apply per slice."""
+def fused_rows(timer: Timer, max_t: int = 1 << 62) -> list[dict]:
+    """Multi-slice forms at rank 16, batches up to max_t tokens: lora_apply_fused as dispatched, in the
+    whole-K one launch, split-K in two launches and in one cooperative launch, and one lora_apply per slice."""
     from loraledger.kernels import lora_apply, lora_apply_fused
     from loraledger.kernels.sgmv import sgmv
 
@@ -378,6 +423,8 @@ def fused_rows(timer: Timer) -> list[dict]:
     rows = []
     for name, shapes, batches in MULTI_SLICE_CASES:
         for kind, t, n in batches:
+            if t > max_t:
+                continue
             parts = [Inputs(Case(kind, shape, 16, t, n), device, seed=i) for i, shape in enumerate(shapes)]
             slots, scales = parts[0].slots, parts[0].scales
             width = sum(p.lora_b.shape[1] for p in parts)
@@ -397,6 +444,8 @@ def fused_rows(timer: Timer) -> list[dict]:
             def two() -> None:
                 sgmv(y, x, lora_a, lora_b, ranks, scales, slots, meta)
 
+            coop = functools.partial(sgmv_cooperative, y, x, lora_a, lora_b, ranks, scales, slots, meta)
+
             def separate() -> None:
                 col = 0
                 for p in parts:
@@ -405,25 +454,28 @@ def fused_rows(timer: Timer) -> list[dict]:
                     col += w
 
             row = {"name": name, "kind": kind, "t": t, "n": n, "width": width, "public_us": timer(public),
-                   "two_us": timer(two), "separate_us": timer(separate)}
+                   "two_us": timer(two), "coop_us": timer(coop), "separate_us": timer(separate)}
             row["one_us"] = timer(one) if t <= FUSED_MAX_T else None
             rows.append(row)
             print(f"{name} {kind} T={t} n={n}: public {row['public_us']:.1f}, one {row['one_us']}, two {row['two_us']:.1f},"
-                  f" separate {row['separate_us']:.1f}", flush=True)
+                  f" coop {row['coop_us']:.1f}, separate {row['separate_us']:.1f}", flush=True)
             del parts, y
             torch.cuda.empty_cache()
     return rows
 
 
-def compile_only(cases: list[Case], shard: tuple[int, int]) -> None:
+def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool) -> None:
     device = DEVICE
     variants = fused_variants(device)
     for i, case in enumerate(cases):
         if i % shard[1] != shard[0]:
             continue
         inp = Inputs(dataclasses.replace(case, n=min(case.n, 8)), device)
-        inp.ours(sgmv_config(case.t, device))()
-        if case.kind == "decode" and case.t <= FUSED_MAX_T:
+        cfg = sgmv_config(case.t, device)
+        for v in (cfg, *split_variants(case, cfg).values()):
+            inp.ours(v)()
+            inp.coop(v)()
+        if one_launch and case.kind == "decode" and case.t <= FUSED_MAX_T:
             for name, v in variants.items():
                 if name == "table" or case.t <= SWEEP_MAX_T:
                     try:
@@ -442,16 +494,25 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--no-grid", action="store_true", help="only the anchor cases")
     parser.add_argument("--budget-s", type=float, default=1e9, help="start no new grid case after this many seconds")
+    parser.add_argument("--small-floor", action="store_true",
+                        help="only the decode cases with T <= 64 or T = 256, n <= 8 (floors under 5 us), split-K paths "
+                             "only (no whole-K one launch, no torch baselines), multi-slice forms up to T = 64")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated projections to run (grid cases)")
     args = parser.parse_args()
     shard = tuple(int(v) for v in args.shard.split("/"))
+    shapes = set(args.shapes.split(","))
 
     anchors = anchor_cases()
     # Anchors first, then the decode batches the one-launch path is for, then the rest of the grid.
     rest = [] if args.no_grid else [c for c in grid_cases() if c not in anchors]
     rest.sort(key=lambda c: (not (c.kind == "decode" and c.t <= SWEEP_MAX_T), c.t, c.n))
     cases = anchors + rest
+    if args.small_floor:
+        cases = [c for c in grid_cases() if small_floor(c) and c.shape in shapes]
+        cases.sort(key=lambda c: (c.t, c.n, c.shape, c.rank))
+        anchors = []
     if args.compile_only:
-        compile_only(cases, shard)
+        compile_only(cases, shard, one_launch=not args.small_floor)
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -464,7 +525,8 @@ def main() -> None:
     info = {"device": props.name, "sms": props.multi_processor_count, "copy_bw_TBps": bw / 1e12, "torch": torch.__version__,
             "triton": triton.__version__, "sgmv_configs": {str(t): dataclasses.asdict(sgmv_config(t, device))
                                                            for t in (1, 256, 1024, 4096)},
-            "fused_variants": {name: dataclasses.asdict(v) for name, v in variants.items()}}
+            "fused_variants": {name: dataclasses.asdict(v) for name, v in variants.items()},
+            "split_variants": SPLIT_VARIANTS, "small_floor_only": args.small_floor}
     info["calibration"] = calibration(timer)
     print(json.dumps(info), flush=True)
     base_cache: dict = {}
@@ -475,16 +537,19 @@ def main() -> None:
             info["stopped_early"] = f"{len(cases) - i} grid cases not run (--budget-s {args.budget_s})"
             print(info["stopped_early"], flush=True)
             break
-        sweep = case.kind == "decode" and case.t <= SWEEP_MAX_T
-        row = run_case(case, timer, bw, base_cache, with_torch=case in anchors or (case.rank == 16 and case.t <= 256),
-                       variants=variants if sweep else None)
+        sweep = case.kind == "decode" and case.t <= SWEEP_MAX_T and not args.small_floor
+        with_torch = not args.small_floor and (case in anchors or (case.rank == 16 and case.t <= 256))
+        row = run_case(case, timer, bw, base_cache, with_torch=with_torch, variants=variants if sweep else None,
+                       one_launch=not args.small_floor)
         rows.append(row)
         one = f", one {row['one_us']:.1f}" if "one_us" in row else ""
-        print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: two {row['two_us']:.1f}{one} -> "
+        split = "".join(f", {n} {v:.1f}" for n, v in row.get("split_variants_us", {}).items())
+        print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: two {row['two_us']:.1f}, coop "
+              f"{row['coop_us']:.1f}{one}{split} -> "
               f"ours {row['ours_us']:.1f} us, floor {row['floor_us']:.1f}, base {row['base_us']:.1f}, "
               f"err {row['err']:.1e} {row['goals']}", flush=True)
         (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-    fused = fused_rows(timer)
+    fused = fused_rows(timer, max_t=64 if args.small_floor else 1 << 62)
     info["copy_bw_end_TBps"] = copy_bandwidth(timer) / 1e12
     info["timing_spread_max"] = max(timer.spread)
     info["timing_spread_p90"] = sorted(timer.spread)[int(0.9 * len(timer.spread))]

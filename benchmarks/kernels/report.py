@@ -1,8 +1,9 @@
 """Markdown tables from bench_sgmv.py's rows.json: python report.py rows.json > report.md
 
-The one-launch path is chosen again here by kernels.configs.prefers_fused with the current table, so a
-rule set from a run's numbers reports the path it picks; the one-launch time used is the measured time
-of the current table config (a variant of the run's sweep, or its table), never an estimate.
+The whole-K one-launch path is chosen again here by kernels.configs.prefers_fused with the current table,
+and split-K as one cooperative launch or two by the current Hopper table's `coop`, so a rule set from a
+run's numbers reports the path it picks; the time used is the measured time of the current config (a
+variant of the run's sweep, or its table), never an estimate.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 import torch
 
-from loraledger.kernels.configs import fused_config, prefers_fused
+from loraledger.kernels.configs import fused_config, hopper_sgmv_config, prefers_fused
 
 HOPPER = torch.device("cuda")  # names the table only: nothing here touches a GPU
 
@@ -56,10 +57,41 @@ def apply_rule(data: dict) -> str | None:
         r["one_table_us"] = one
         r["fused"] = one is not None and prefers_fused(cfg, r["t"], r["max_tiles"], r["block_t"], (r["width"],), r["k"],
                                                        r["rank"], r["element_size"])
-        r["ours_us"] = one if r["fused"] else r["two_us"]
+        r["coop"] = not r["fused"] and r.get("coop_us") is not None and hopper_sgmv_config(r["t"]).coop
+        r["ours_us"] = one if r["fused"] else r["coop_us"] if r["coop"] else r["two_us"]
         r["lora_over_base"] = r["ours_us"] / r["base_us"]
         r["goals"] = goals(r)
     return name
+
+
+def _path(r: dict) -> str:
+    return "one" if r["fused"] else "coop" if r.get("coop") else "two"
+
+
+def coop_table(rows: list[dict]) -> None:
+    """Split-K as two launches vs one cooperative launch, per case, with the K-split variants where timed."""
+    rs = [r for r in rows if r.get("coop_us") is not None]
+    if not rs:
+        return
+    names = sorted({n for r in rs for n in r.get("split_variants_us", {})})
+    print("### Split-K: two launches vs one cooperative launch (bf16; µs; table's K split, then the variants; "
+          "✓/✗ = the best of them against the ≤ 8 µs goal where the floor is under 5 µs)\n")
+    print("| case | shape (K→N) | r | floor | two | coop | coop / two | " + " | ".join(f"`{n}`" for n in names)
+          + " | best |")
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---|")
+    ratios = []
+    for r in sorted(rs, key=lambda r: (r["kind"], r["t"], r["n"], r["shape"], r["rank"])):
+        variants = r.get("split_variants_us", {})
+        times = {"two": r["two_us"], "coop": r["coop_us"], **variants}
+        best = min(times, key=times.get)
+        ok = "" if r["floor_us"] >= 5 else (" ✓" if times[best] <= 8 else " ✗")
+        ratios.append(r["coop_us"] / r["two_us"])
+        print(f"| {r['kind']} T={r['t']} n={r['n']} | {r['shape']} {r['k']}→{r['width']} | {r['rank']} | "
+              f"{_f(r['floor_us'])} | {_f(r['two_us'])} | {_f(r['coop_us'])} | {_f(r['coop_us'] / r['two_us'], 2)} | "
+              + " | ".join(_f(variants.get(n)) for n in names) + f" | {best} {times[best]:.1f}{ok} |")
+    geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    print(f"\ncoop / two over {len(ratios)} cases: geometric mean {geo:.3f}, range {min(ratios):.2f}–{max(ratios):.2f}; "
+          f"coop faster in {sum(x < 1 for x in ratios)}\n")
 
 
 def main(path: str) -> None:
@@ -76,6 +108,8 @@ def main(path: str) -> None:
               f"{cal['chain4_us']:.2f}, two kernels {cal['two_kernels_us']:.2f} ({cal['two_kernels_pdl_us']:.2f} with PDL)")
     print(f"one-launch config = sweep variant `{table_variant}`; {info.get('stopped_early', 'every case ran')}\n")
 
+    coop_table(rows)
+
     print("### Against the anchors (rank 16, bf16, K = 4096; µs)\n")
     print("| case | N | floor | best anchor | two launches | one launch | ours | ours / floor | base | LoRA / base "
           "| torch loop | gather+bmm | goals |")
@@ -84,7 +118,7 @@ def main(path: str) -> None:
         if r.get("anchor_us") is None:
             continue
         print(f"| {r['kind']} T={r['t']}, n={r['n']} | {r['width']} | {_f(r['floor_us'])} | {_f(r['anchor_us'])} | "
-              f"{_f(r['two_us'])} | {_f(r.get('one_table_us'))} | **{_f(r['ours_us'])}** ({'one' if r['fused'] else 'two'}) | "
+              f"{_f(r['two_us'])} | {_f(r.get('one_table_us'))} | **{_f(r['ours_us'])}** ({_path(r)}) | "
               f"{_f(r['ours_us'] / r['floor_us'], 2)} | {_f(r['base_us'])} | {_f(r['lora_over_base'], 2)} | "
               f"{_f(r.get('loop_us'))} | {_f(r.get('bmm_us'))} | {_goals(r['goals'])} |")
 
@@ -119,7 +153,8 @@ def main(path: str) -> None:
             cells.append(f"{two} / {one}{mark}")
         print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
 
-    print("\n### Every case (bf16; µs, the picked path; LoRA / base in parentheses; ¹ one launch; ✗ a missed goal)\n")
+    print("\n### Every case (bf16; µs, the picked path; LoRA / base in parentheses; ¹ whole-K one launch, ² split-K "
+          "cooperative one launch; ✗ a missed goal)\n")
     print("| shape (K→N) | r | " + head(cols) + " |")
     print("|---|---:|" + "---:|" * len(cols))
     for (shape, k, w, rank), rs in sorted(cols_of.items(), key=lambda kv: (kv[0][0], kv[0][3])):
@@ -130,7 +165,8 @@ def main(path: str) -> None:
                 cells.append("")
                 continue
             miss = "✗" if not all(r["goals"].values()) else ""
-            cells.append(f"{r['ours_us']:.1f}{'¹' if r['fused'] else ''} ({r['lora_over_base']:.2f}){miss}")
+            mark = "¹" if r["fused"] else "²" if r.get("coop") else ""
+            cells.append(f"{r['ours_us']:.1f}{mark} ({r['lora_over_base']:.2f}){miss}")
         print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
 
     print("\n### Goals\n")
@@ -144,7 +180,7 @@ def main(path: str) -> None:
     for g, (ok, bad, which) in tally.items():
         print(f"- {g}: met {ok}, missed {bad}" + ("" if not which else ": " + "; ".join(which[:40])
                                                     + (" …" if len(which) > 40 else "")))
-    for launches in ("two", "one"):
+    for launches in ("two", "coop", "one"):
         errs = [r[f"err_{launches}"] for r in rows if f"err_{launches}" in r]
         if errs:
             print(f"- largest relative error against float64, {launches} launch(es), over {len(errs)} cases: {max(errs):.1e}")
@@ -170,11 +206,11 @@ def main(path: str) -> None:
     if data.get("fused"):
         print("\n### Multi-slice forms (rank 16; µs): lora_apply_fused as dispatched, forced one launch, forced two, "
               "one lora_apply per slice\n")
-        print("| form | case | N | public | one launch | two launches | per slice |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| form | case | N | public | one launch | two launches | cooperative | per slice |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for r in data["fused"]:
             print(f"| {r['name']} | {r['kind']} T={r['t']} n={r['n']} | {r['width']} | {_f(r['public_us'])} | "
-                  f"{_f(r.get('one_us'))} | {_f(r['two_us'])} | {_f(r['separate_us'])} |")
+                  f"{_f(r.get('one_us'))} | {_f(r['two_us'])} | {_f(r.get('coop_us'))} | {_f(r['separate_us'])} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 """LoRA adapters: PEFT-format loading and validation, the device slot pool, and the tiered cache."""
 
 from .cache import AdapterCache, AdapterLoadError, CacheStats, UnknownAdapterError
-from .peft_format import AdapterSpec, InvalidAdapterError, LoRAWeights, adapter_from_tensors, read_peft_adapter
+from .peft_format import (
+    AdapterSpec,
+    InvalidAdapterError,
+    LoRAWeights,
+    adapter_from_tensors,
+    read_peft_adapter,
+)
 from .slots import PackedAdapter, SlotPool
 
 __all__ = [

@@ -6,9 +6,9 @@ Tiers:
              in-memory tensors have no disk copy and stay here whatever the budget
     disk     the adapter folder, read and validated again when it faults back in
 
-Loads never block the step: a disk read runs on a worker thread, the host→device copy on a side CUDA
-stream; `poll()` (called by the engine each step) moves finished loads along. All public methods are
-thread-safe.
+Loads never block the step: a disk read runs on a worker thread, the host→device copy (one copy_ of the
+slot's whole image, see SlotPool) on a side CUDA stream; `poll()` (called by the engine each step) moves
+finished loads along. CacheStats keeps the two tiers' latencies apart. All public methods are thread-safe.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .peft_format import AdapterSpec, InvalidAdapterError, adapter_from_tensors, read_peft_adapter
+from .peft_format import (
+    AdapterSpec,
+    InvalidAdapterError,
+    adapter_from_tensors,
+    read_peft_adapter,
+)
 from .slots import PackedAdapter, SlotPool
 
 logger = logging.getLogger(__name__)
@@ -40,32 +45,60 @@ class AdapterLoadError(RuntimeError):
     """A registered adapter failed to fault back in (e.g. its file changed on disk and no longer validates)."""
 
 
+def _percentile(values, q: float) -> float | None:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else None
+
+
+def _recent() -> deque:
+    return deque(maxlen=4096)
+
+
 @dataclass
 class CacheStats:
+    """Counters of the cache; the latency deques hold recent loads (seconds).
+
+    A load is one device miss, from the request (prefetch or pin) to the adapter being resident. It is
+    served from the host tier (pinned-CPU hit: one host→device copy) or from disk (read + validate +
+    pack on the worker thread, then the copy). `copy_s` times the copy alone: CUDA events on the load
+    stream, wall time on CPU.
+    """
+
     device_hits: int = 0  # admissions that found the adapter in a slot
     device_misses: int = 0  # loads into a slot started
     host_hits: int = 0  # of those, served from the host tier
     disk_reads: int = 0  # of those, read from disk
     device_evictions: int = 0
     host_evictions: int = 0
-    load_latency_s: deque = field(default_factory=lambda: deque(maxlen=4096))  # miss → resident, recent loads
+    copied_bytes: int = 0  # host→device, all loads
+    load_latency_s: deque = field(default_factory=_recent)  # every load, whichever tier
+    host_load_latency_s: deque = field(default_factory=_recent)  # pinned-CPU hits: request → resident
+    disk_load_latency_s: deque = field(default_factory=_recent)  # disk loads: request → resident
+    disk_read_s: deque = field(default_factory=_recent)  # read + validate + pack, on the worker thread
+    copy_s: deque = field(default_factory=_recent)  # the host→device copy alone
+    copy_time_s: float = 0.0  # sum of copy_s over all loads
 
     def snapshot(self) -> dict:
-        lat = sorted(self.load_latency_s)
-
-        def pct(q: float) -> float | None:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
-
-        return {
+        snap = {
             "device_hits": self.device_hits,
             "device_misses": self.device_misses,
             "host_hits": self.host_hits,
             "disk_reads": self.disk_reads,
             "device_evictions": self.device_evictions,
             "host_evictions": self.host_evictions,
-            "load_latency_p50_s": pct(0.5),
-            "load_latency_p99_s": pct(0.99),
+            "copied_bytes": self.copied_bytes,
+            "copy_gb_per_s": self.copied_bytes / self.copy_time_s / 1e9 if self.copy_time_s > 0 else None,
         }
+        for key, values in (
+            ("load_latency", self.load_latency_s),
+            ("host_load_latency", self.host_load_latency_s),
+            ("disk_load_latency", self.disk_load_latency_s),
+            ("disk_read", self.disk_read_s),
+            ("copy", self.copy_s),
+        ):
+            snap[f"{key}_p50_s"] = _percentile(values, 0.5)
+            snap[f"{key}_p99_s"] = _percentile(values, 0.99)
+        return snap
 
 
 @dataclass(eq=False)
@@ -74,9 +107,11 @@ class _Entry:
     path: Path | None  # None: given in memory, never leaves the host tier
     packed: PackedAdapter | None = None
     slot: int | None = None
-    copy_event: torch.cuda.Event | None = None  # set while the host→device copy is in flight
+    copy_event: torch.cuda.Event | None = None  # set while the host→device copy is in flight (its end)
+    copy_start: torch.cuda.Event | None = None  # recorded before the copy, to time it
     reading: concurrent.futures.Future | None = None  # set while the disk read is in flight
-    miss_time: float | None = None
+    miss_time: float | None = None  # perf_counter of the request that started the current load
+    from_disk: bool = False  # the current load read the disk
     refs: int = 0
     pinned: bool = False
     removed: bool = False
@@ -239,7 +274,7 @@ class AdapterCache:
                 if entry.reading is not None and entry.reading.done():
                     self._finish_read(entry)
                 if entry.copy_event is not None and entry.copy_event.query():
-                    self._finish_copy(entry)
+                    self._finish_copy(entry, entry.copy_start.elapsed_time(entry.copy_event) / 1e3)
 
     def loads_in_flight(self) -> bool:
         with self._lock:
@@ -273,26 +308,29 @@ class AdapterCache:
         if entry.miss_time is None:
             self.stats.device_misses += 1
             entry.miss_time = time.perf_counter()
+            entry.from_disk = False
         if entry.packed is not None:
             self._host_lru.move_to_end(entry.adapter_id)
-            started = self._start_copy(entry)
-            self.stats.host_hits += started
-            return started
+            return self._start_copy(entry)
         self.stats.disk_reads += 1
+        entry.from_disk = True
         entry.reading = self._executor.submit(self._read, entry.path)
         return True
 
-    def _read(self, path: Path) -> PackedAdapter:
-        return self.pool.pack(read_peft_adapter(path, self.spec), pin_memory=self._cuda)
+    def _read(self, path: Path) -> tuple[PackedAdapter, float]:
+        start = time.perf_counter()
+        packed = self.pool.pack(read_peft_adapter(path, self.spec), pin_memory=self._cuda)
+        return packed, time.perf_counter() - start
 
     def _finish_read(self, entry: _Entry) -> None:
         future, entry.reading = entry.reading, None
         try:
-            entry.packed = future.result()
+            entry.packed, read_s = future.result()
         except InvalidAdapterError as e:
             logger.warning("adapter %r failed to load: %s", entry.adapter_id, e)
             entry.error = e
             return
+        self.stats.disk_read_s.append(read_s)
         self._host_lru[entry.adapter_id] = entry
         self._start_copy(entry)
         self._trim_host()
@@ -303,21 +341,34 @@ class AdapterCache:
             return False  # the next prefetch() tries again
         self._slot_owner[slot] = entry
         entry.slot = slot
+        if not entry.from_disk:
+            self.stats.host_hits += 1
         if self._cuda:
-            # The slot may have been read by a step still queued on the compute stream.
+            # The slot may have been read by a step still queued on the compute stream. The copy waits
+            # for that work on the side stream; the compute stream never waits for the copy.
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self._stream):
+                entry.copy_start = torch.cuda.Event(enable_timing=True)
+                entry.copy_start.record(self._stream)
                 self.pool.write(slot, entry.packed)
-                entry.copy_event = torch.cuda.Event()
+                entry.copy_event = torch.cuda.Event(enable_timing=True)
                 entry.copy_event.record(self._stream)
         else:
+            start = time.perf_counter()
             self.pool.write(slot, entry.packed)
-            self._finish_copy(entry)
+            self._finish_copy(entry, time.perf_counter() - start)
         return True
 
-    def _finish_copy(self, entry: _Entry) -> None:
-        entry.copy_event = None
-        self.stats.load_latency_s.append(time.perf_counter() - entry.miss_time)
+    def _finish_copy(self, entry: _Entry, copy_s: float) -> None:
+        now = time.perf_counter()
+        entry.copy_event = entry.copy_start = None
+        stats = self.stats
+        stats.copy_s.append(copy_s)
+        stats.copy_time_s += copy_s
+        stats.copied_bytes += self.pool.slot_bytes
+        latency_s = now - entry.miss_time
+        stats.load_latency_s.append(latency_s)
+        (stats.disk_load_latency_s if entry.from_disk else stats.host_load_latency_s).append(latency_s)
         entry.miss_time = None
         if entry.refs == 0 and not entry.pinned:
             self._device_lru[entry.adapter_id] = entry

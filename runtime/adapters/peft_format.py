@@ -96,7 +96,7 @@ def read_peft_adapter(path: str | Path, spec: AdapterSpec) -> LoRAWeights:
         raise InvalidAdapterError(weights_path, f"{size} bytes is over the limit of {spec.max_bytes}")
     try:
         with safe_open(str(weights_path), framework="pt", device="cpu") as f:
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise InvalidAdapterError(weights_path, f"not a readable safetensors file ({e})") from None
     _check_config(config, spec, config_path)

@@ -1,4 +1,4 @@
-"""The fixed pool of adapter slots on the device: allocated once, so loading an adapter is a few copy_ calls."""
+"""The fixed pool of adapter slots on the device: one backing tensor, so loading an adapter is one copy_."""
 
 from __future__ import annotations
 
@@ -10,22 +10,36 @@ from .peft_format import LoRAWeights
 
 __all__ = ["PackedAdapter", "SlotPool"]
 
+# Each projection's A and B block starts on this boundary inside a slot's image (and the slot stride is a
+# multiple of it), so every view the kernels read is as aligned as a freshly allocated tensor would be.
+_ALIGN_BYTES = 256
+
 
 @dataclass(frozen=True)
 class PackedAdapter:
-    """An adapter laid out like one slot (host side, pinned on CUDA): the CPU tier of the cache holds these."""
+    """An adapter laid out exactly like one slot's image (host side, pinned on CUDA): the CPU tier holds these.
 
-    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # projection → (A [L, r, K], scale·B [L, N, r]), zero-padded
+    The image is padded to the pool's max rank (zeros past each module's rank), so a load copies the whole
+    slot however small the adapter's rank: one large copy beats many small ones over PCIe.
+    """
+
+    flat: torch.Tensor  # [slot_elems] in the pool's dtype
     ranks: torch.Tensor  # [L, P] int32, 0 where the adapter has no weights
     rank: int  # the largest rank of the adapter
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in self.tensors.values())
+        return self.flat.nbytes + self.ranks.nbytes
 
 
 class SlotPool:
     """Per served projection p: lora_a[p] [L, S, R, K_p], lora_b[p] [L, S, N_p, R]; ranks [L, P, S].
+
+    Every lora_a[p] / lora_b[p] is a strided view of one backing tensor `slots` [S, slot_elems], whose
+    row s is slot s's whole image: for each served projection, A [L, R, K] then B [L, N, R], each block
+    aligned. So writing a slot is a single contiguous copy, and per layer the kernels get [S, R, K] /
+    [S, N, R] views whose stride(0) is the slot stride (the same for every projection, as fused slices
+    need).
 
     P indexes `projections` (the model's LORA_PROJECTIONS order). A slot's rank for a (layer,
     projection) its adapter does not target is 0, so the operator skips it; weights past a slot's
@@ -50,55 +64,81 @@ class SlotPool:
         self.num_slots = num_slots
         self.num_layers = num_layers
         self.projections = projections
+        self.projection_shapes = dict(projection_shapes)
         self.max_rank = max_rank
+        self.dtype = dtype
+        self._offsets, self.slot_elems = _layout(num_layers, projection_shapes, max_rank, dtype.itemsize)
+        self.slots = torch.zeros(num_slots, self.slot_elems, dtype=dtype, device=device)  # [S, slot_elems]
         self.lora_a: dict[str, torch.Tensor] = {}
         self.lora_b: dict[str, torch.Tensor] = {}
-        for name, (k, n) in projection_shapes.items():
-            self.lora_a[name] = torch.zeros(num_layers, num_slots, max_rank, k, dtype=dtype, device=device)
-            self.lora_b[name] = torch.zeros(num_layers, num_slots, n, max_rank, dtype=dtype, device=device)
+        for name, (a, b) in self.image_views(self.slots).items():
+            self.lora_a[name] = a.transpose(0, 1)  # [S, L, R, K] → [L, S, R, K]
+            self.lora_b[name] = b.transpose(0, 1)  # [S, L, N, R] → [L, S, N, R]
         self.ranks = torch.zeros(num_layers, len(projections), num_slots, dtype=torch.int32, device=device)
         self.scales = torch.ones(num_slots, dtype=torch.float32, device=device)
 
     @staticmethod
     def bytes_per_slot(num_layers: int, projection_shapes: dict[str, tuple[int, int]], max_rank: int, dtype) -> int:
-        return num_layers * max_rank * sum(k + n for k, n in projection_shapes.values()) * dtype.itemsize
+        return _layout(num_layers, projection_shapes, max_rank, dtype.itemsize)[1] * dtype.itemsize
+
+    @property
+    def slot_bytes(self) -> int:
+        return self.slot_elems * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in (*self.lora_a.values(), *self.lora_b.values()))
+        return self.slots.nbytes
 
     def pack(self, weights: LoRAWeights, *, pin_memory: bool) -> PackedAdapter:
-        """The host-side image of one slot, so that loading it takes two copies per projection."""
-        r = weights.max_rank
-        dtype = next(iter(self.lora_a.values())).dtype
-        ranks = torch.zeros(self.num_layers, len(self.projections), dtype=torch.int32)
-        a_by_proj, b_by_proj = {}, {}
+        """The host-side image of one slot, so that loading it is one copy (plus the ranks)."""
+        flat = torch.zeros(self.slot_elems, dtype=self.dtype, pin_memory=pin_memory)
+        views = self.image_views(flat)
+        ranks = torch.zeros(self.num_layers, len(self.projections), dtype=torch.int32, pin_memory=pin_memory)
         for (layer, name), (a, b, scale) in weights.modules.items():
-            if name not in a_by_proj:
-                k, n = self.lora_a[name].shape[-1], self.lora_b[name].shape[-2]
-                a_by_proj[name] = torch.zeros(self.num_layers, r, k, dtype=dtype)
-                b_by_proj[name] = torch.zeros(self.num_layers, n, r, dtype=dtype)
-            ra = a.shape[0]
-            a_by_proj[name][layer, :ra] = a
-            b_by_proj[name][layer, :, :ra] = b.float() * scale
-            ranks[layer, self.projections.index(name)] = ra
-        tensors = {name: (a_by_proj[name], b_by_proj[name]) for name in a_by_proj}
-        if pin_memory:
-            tensors = {name: (a.pin_memory(), b.pin_memory()) for name, (a, b) in tensors.items()}
-            ranks = ranks.pin_memory()
-        return PackedAdapter(tensors, ranks, r)
+            a_view, b_view = views[name]  # [L, R, K], [L, N, R]
+            r = a.shape[0]
+            a_view[layer, :r] = a
+            b_view[layer, :, :r] = b.float() * scale
+            ranks[layer, self.projections.index(name)] = r
+        return PackedAdapter(flat, ranks, weights.max_rank)
+
+    def slot_image(self, slot: int) -> torch.Tensor:
+        """Slot `slot`'s whole image [slot_elems], a contiguous view of the pool."""
+        return self.slots[slot]
 
     def write(self, slot: int, packed: PackedAdapter) -> None:
         """Copies an adapter into a slot on the current stream (non-blocking from pinned memory)."""
-        r = packed.rank
-        for name in self.lora_a:
-            if name in packed.tensors:
-                a, b = packed.tensors[name]
-                self.lora_a[name][:, slot, :r].copy_(a, non_blocking=True)
-                self.lora_b[name][:, slot, :, :r].copy_(b, non_blocking=True)
-                self.lora_a[name][:, slot, r:].zero_()
-                self.lora_b[name][:, slot, :, r:].zero_()
+        self.slots[slot].copy_(packed.flat, non_blocking=True)
         self.ranks[:, :, slot].copy_(packed.ranks, non_blocking=True)
 
     def clear(self, slot: int) -> None:
         self.ranks[:, :, slot] = 0
+
+    def image_views(self, image: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per projection (A [..., L, R, K], B [..., L, N, R]) views of image [..., slot_elems]."""
+        views = {}
+        for name, (k, n) in self.projection_shapes.items():
+            a_off, b_off = self._offsets[name]
+            a_len, b_len = self.num_layers * self.max_rank * k, self.num_layers * n * self.max_rank
+            a = image[..., a_off : a_off + a_len].unflatten(-1, (self.num_layers, self.max_rank, k))
+            b = image[..., b_off : b_off + b_len].unflatten(-1, (self.num_layers, n, self.max_rank))
+            views[name] = (a, b)
+        return views
+
+
+def _layout(
+    num_layers: int, projection_shapes: dict[str, tuple[int, int]], max_rank: int, itemsize: int
+) -> tuple[dict[str, tuple[int, int]], int]:
+    """Element offsets of each projection's A and B blocks in a slot's image, and the image's length."""
+    align = max(1, _ALIGN_BYTES // itemsize)
+
+    def up(n: int) -> int:
+        return -(-n // align) * align
+
+    offsets, pos = {}, 0
+    for name, (k, n) in projection_shapes.items():
+        a_off = pos
+        b_off = up(a_off + num_layers * max_rank * k)
+        pos = up(b_off + num_layers * n * max_rank)
+        offsets[name] = (a_off, b_off)
+    return offsets, max(pos, align)

@@ -14,7 +14,8 @@ __all__ = ["AttentionMetadata", "paged_attention"]
 
 @dataclass(frozen=True)
 class AttentionMetadata:
-    """Per-step attention metadata, built once per step by the engine (host lists → one copy to the device)."""
+    """Per-step attention metadata, built once per step by the engine (one host → device copy of the rows'
+    starts, lengths and block tables; the per-token indices derived from them on the device)."""
 
     slot_mapping: torch.Tensor  # [T] int64 flat KV slot each new token is written to
     block_tables: torch.Tensor  # [B, max_blocks] int64, padded with 0 (masked out)
@@ -104,8 +105,14 @@ def _gathered_attention(
     mask = key_pos[None, None, :] <= query_pos  # [B, Q, L]; the query's own position bounds the context
     if sliding_window is not None:
         mask &= key_pos[None, None, :] > query_pos - sliding_window
+    if heads != kv_heads and q.is_cuda:
+        # SDPA's GQA mode with a mask runs the math backend, which writes the [B, heads, Q, L] scores to memory:
+        # for a step of several long prefill chunks that is most of the step. Repeating the KV heads instead
+        # lets the memory-efficient kernel run (the keys and values cost a fraction of those scores).
+        keys = keys.repeat_interleave(heads // kv_heads, dim=1)
+        values = values.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(
-        q_pad.transpose(1, 2), keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=heads != kv_heads
+        q_pad.transpose(1, 2), keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=heads != keys.shape[1]
     )  # [B, heads, Q, D]
     return out.transpose(1, 2)[meta.token_seq, meta.token_index]
 

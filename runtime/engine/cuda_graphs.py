@@ -143,7 +143,18 @@ class DecodeGraphs:
         self._failed: set[tuple[int, bool]] = set()
         self._pool = None
         self.num_replays = 0  # graph replays
+        self.num_steps = 0  # decode steps through the static buffers (replayed, or eager where capture failed)
         self.steps_per_bucket: dict[int, int] = {}  # decode steps through the static buffers, by bucket
+
+    def stats(self) -> dict:
+        """Steps, replays, steps per bucket, and the (bucket, lora) keys captured or left eager (failed capture)."""
+        return {
+            "steps": self.num_steps,
+            "replays": self.num_replays,
+            "steps_per_bucket": dict(self.steps_per_bucket),
+            "captured": sorted(self._graphs),
+            "failed": sorted(self._failed),
+        }
 
     def views(self, bucket: int) -> dict[str, torch.Tensor]:
         """The static buffers as one bucket's inputs (the same addresses on every step of the bucket)."""
@@ -165,22 +176,25 @@ class DecodeGraphs:
         lora_slots: list[int],
         block_tables: list[list[int]],
     ) -> int:
-        """Pads one decode step to its bucket and copies it into the static buffers (two host→device copies,
-        no synchronisation); returns the bucket."""
+        """Pads one decode step to its bucket and copies it into the static buffers (two host→device copies
+        from pinned memory, no synchronisation); returns the bucket."""
         bucket = bucket_for(len(token_ids), self.buckets)
         if bucket is None:
             raise ValueError(f"{len(token_ids)} rows exceed the largest bucket {self.buckets[-1]}")
         flat = pad_decode_inputs(token_ids, positions, slot_mapping, lora_slots, bucket, self.scratch_slot)
-        self._inputs[: len(flat)].copy_(torch.tensor(flat, dtype=torch.int64), non_blocking=True)
+        self._inputs[: len(flat)].copy_(self._host(flat), non_blocking=True)
         tables = pad_block_tables(block_tables, bucket)
         width = len(tables[0])
         if width > self.max_blocks_per_seq:
             raise ValueError(f"a block table of {width} blocks exceeds {self.max_blocks_per_seq}")
         if width:
-            self.views(bucket)["block_tables"][:, :width].copy_(
-                torch.tensor(tables, dtype=torch.int64), non_blocking=True
-            )
+            self.views(bucket)["block_tables"][:, :width].copy_(self._host(tables), non_blocking=True)
         return bucket
+
+    def _host(self, values: list) -> torch.Tensor:
+        """values as an int64 host tensor, pinned on CUDA: the copy to the device is then truly asynchronous
+        (from pageable memory the driver stages it and may wait for the stream)."""
+        return torch.tensor(values, dtype=torch.int64, pin_memory=self.device.type == "cuda")
 
     def forward(
         self,
@@ -200,12 +214,21 @@ class DecodeGraphs:
             self._capture(bucket, use_lora)
         self.fill(token_ids, positions, slot_mapping, lora_slots, block_tables)
         self.steps_per_bucket[bucket] = self.steps_per_bucket.get(bucket, 0) + 1
+        self.num_steps += 1
         graph = self._graphs.get(key)
         if graph is None:
             return self.run_model(bucket, use_lora)
         graph[0].replay()
         self.num_replays += 1
         return graph[1]
+
+    def capture_all(self, lora: bool = True) -> None:
+        """Captures every bucket's graph now (without and, if `lora`, with LoRA) instead of on first use."""
+        for bucket in self.buckets:
+            for use_lora in (False, True) if lora else (False,):
+                key = (bucket, use_lora)
+                if self.capture and key not in self._graphs and key not in self._failed:
+                    self._capture(bucket, use_lora)
 
     def run_model(self, bucket: int, use_lora: bool) -> torch.Tensor:
         """The model over the static buffers of one bucket (what the graph captures)."""

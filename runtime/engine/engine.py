@@ -9,24 +9,29 @@
 
 Threading: one step thread owns the scheduler, the KV cache and the model. Other threads talk to it
 through an inbox (add, abort), and it answers through per-request sinks; `generate` bridges those to
-asyncio. Without `start()`, `step()` and `generate_batch()` drive the same loop synchronously.
+asyncio, one wake-up of the event loop per step. Without `start()`, `step()` and `generate_batch()` drive the
+same loop synchronously.
+
+A step synchronises with the device once: reading the sampled tokens and their logprobs (one transfer).
+`stats()["step_times"]` splits the loop's host time by phase (StepTimes), graphed and eager steps apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from loraledger.kernels import LoraMeta
+from loraledger.kernels import LoraMeta, compiles
 
 from ..adapters.cache import AdapterCache
 from ..adapters.peft_format import AdapterSpec
@@ -36,6 +41,7 @@ from .cuda_graphs import DecodeGraphs
 from .kv_cache import BlockAllocator, KVCache
 from .lora_linear import LoRABatch, SliceBuffers
 from .model import LORA_PROJECTIONS, Transformer, load_model
+from .piecewise_graphs import MixedGraphs
 from .sampling import SamplingParams, sample
 from .scheduler import Scheduler, Sequence
 from .tokenizer import Detokenizer, Tokenizer
@@ -69,6 +75,12 @@ class EngineConfig:
     # Pure-decode steps replay a CUDA graph per batch-size bucket (runtime/engine/cuda_graphs.py); mixed and
     # prefill steps run eagerly. Ignored on CPU, which has no CUDA graphs: every step runs eagerly there.
     cuda_graphs: bool = True
+    # The other steps (prefill, prefill mixed with decodes) replay the model's pieces between attentions,
+    # captured per token-count bucket (runtime/engine/piecewise_graphs.py). Needs cuda_graphs.
+    piecewise_graphs: bool = True
+    # start() first compiles every Triton kernel variant and captures every decode graph a step can meet
+    # (Engine.warm_up), so no request waits on a compile. CUDA only.
+    warm_up: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -122,6 +134,44 @@ class GenerationResult:
     usage: Usage
     logprobs: list[float] | None
     error: str | None = None
+
+
+@dataclass
+class StepTimes:
+    """Host seconds the step loop spent per phase, summed over steps (engine.stats()["step_times"]).
+
+    schedule: inbox, adapter polling, the scheduler; forward: building the batch and launching the model (a
+    CUDA-graph replay or the eager forward); sample: launching the sampler and reading its tokens back, the
+    step's one host synchronisation, so on a GPU it includes the wait for the device's queued work; output:
+    appending tokens, detokenising, stop checks and building the events; dispatch: handing the events to
+    their streams (background loop only). graphed_step_s, piecewise_step_s and eager_step_s split the first
+    four's sum between pure-decode steps through the CUDA-graph buffers, other steps through the piecewise
+    graphs, and steps run eagerly.
+    """
+
+    graphed_steps: int = 0
+    piecewise_steps: int = 0
+    eager_steps: int = 0
+    tokens: int = 0  # tokens the forwards computed (prompt and output)
+    schedule_s: float = 0.0
+    forward_s: float = 0.0
+    sample_s: float = 0.0
+    output_s: float = 0.0
+    dispatch_s: float = 0.0
+    graphed_step_s: float = 0.0
+    piecewise_step_s: float = 0.0
+    eager_step_s: float = 0.0
+
+    def add(self, kind: str, tokens: int, schedule_s: float, forward_s: float, sample_s: float, output_s: float):
+        """kind: "graphed" (a decode graph's replay), "piecewise" (the pieces between attentions), "eager"."""
+        total = schedule_s + forward_s + sample_s + output_s
+        setattr(self, f"{kind}_steps", getattr(self, f"{kind}_steps") + 1)
+        setattr(self, f"{kind}_step_s", getattr(self, f"{kind}_step_s") + total)
+        self.tokens += tokens
+        self.schedule_s += schedule_s
+        self.forward_s += forward_s
+        self.sample_s += sample_s
+        self.output_s += output_s
 
 
 class Engine:
@@ -200,13 +250,29 @@ class Engine:
                 capture=True,
                 device=self.device,
             )
+        self._mixed: MixedGraphs | None = None
+        if use_graphs and config.piecewise_graphs:
+            self._mixed = MixedGraphs(
+                model,
+                self.kv_cache,
+                max_tokens=config.max_num_batched_tokens,
+                max_rows=config.max_num_seqs,
+                scratch_slot=num_blocks * config.block_size,
+                capture=True,
+                device=self.device,
+            )
+        self._arange = torch.arange(max(config.max_num_batched_tokens, config.max_num_seqs), device=self.device)
         self._generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.step_times = StepTimes()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._sinks: dict[str, Callable[[GenerationEvent], None]] = {}
+        self._sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}  # request id → its stream
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.num_steps = 0
+        self._warmed_up = False
+        compiles.install()
+        self._compiles_at_warm_up: int | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, device: str = "cpu", **config) -> Engine:
@@ -302,12 +368,19 @@ class Engine:
             "kv_blocks_total": self.scheduler.allocator.num_blocks,
             "preemptions": self.scheduler.num_preemptions,
             "adapters": self.adapters.stats_snapshot(),
+            "step_times": dataclasses.asdict(self.step_times),
+            "cuda_graphs": None if self._graphs is None else self._graphs.stats(),
+            "piecewise_graphs": None if self._mixed is None else self._mixed.stats(),
+            # Triton variants compiled since warm_up(): each one stalled a step (None: no warm-up ran).
+            "kernel_compiles_since_warm_up": None if self._compiles_at_warm_up is None
+            else sum(compiles.compiled().values()) - self._compiles_at_warm_up,
         }
 
     # --- the step -----------------------------------------------------------------------------------
 
     def step(self) -> list[GenerationEvent]:
         """One iteration: take in new requests and cancellations, schedule, run the model once, sample."""
+        t0 = time.perf_counter()
         events = self._drain_inbox()
         self.adapters.poll()
         out = self.scheduler.schedule()
@@ -317,13 +390,27 @@ class Engine:
                 self.adapters.wait(timeout_s=0.01)  # everything waits on adapter loads
             return events
         self.num_steps += 1
+        t1 = time.perf_counter()
+        graphed_before = 0 if self._graphs is None else self._graphs.num_steps
+        piecewise_before = 0 if self._mixed is None else self._mixed.num_steps
         logits, sampled = self._forward(out.scheduled)
+        if self._graphs is not None and self._graphs.num_steps != graphed_before:
+            kind = "graphed"
+        elif self._mixed is not None and self._mixed.num_steps != piecewise_before:
+            kind = "piecewise"
+        else:
+            kind = "eager"
+        t2 = time.perf_counter()
         tokens, logprobs = sample(logits, [s.params for s in sampled], [s.generator for s in sampled], self._generator)
-        tokens, logprobs = tokens.tolist(), logprobs.tolist()  # the step's one host synchronisation
+        # The step's one host synchronisation: tokens and logprobs in one transfer (float64 holds any token id).
+        tokens, logprobs = torch.stack((tokens.double(), logprobs.double())).tolist()
+        t3 = time.perf_counter()
         for seq, n in out.scheduled:
             seq.num_computed += n
         for seq, token, logprob in zip(sampled, tokens, logprobs):
-            events.append(self._append_token(seq, token, logprob))
+            events.append(self._append_token(seq, int(token), logprob))
+        num_tokens = sum(n for _, n in out.scheduled)
+        self.step_times.add(kind, num_tokens, t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
         return events
 
     def _forward(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
@@ -346,67 +433,94 @@ class Engine:
             logits = graphs.forward(token_ids, positions, slot_mapping, lora_slots, tables)
             if len(rows) == len(scheduled):
                 return logits[: len(rows)], sampled
-            return logits[torch.tensor(rows).to(self.device, non_blocking=True)], sampled
+            rows_host = torch.tensor(rows, pin_memory=self.device.type == "cuda")
+            return logits[rows_host.to(self.device, non_blocking=True)], sampled
+        mixed = self._mixed
+        num_tokens = sum(n for _, n in scheduled)
+        if mixed is not None and mixed.bucket(num_tokens) is not None:
+            batch = self._prepare(scheduled, build_lora=False)
+            logits = mixed.forward(
+                batch["input_ids"], batch["positions"], batch["attn"].slot_mapping, batch["token_slots"],
+                batch["attn"], batch["logits_indices"],
+            )
+            return logits, batch["sampled"]
         batch = self._prepare(scheduled)
         logits = self.model(
             batch["input_ids"], batch["positions"], self.kv_cache, batch["attn"], batch["lora"], batch["logits_indices"]
         )
         return logits, batch["sampled"]
 
-    def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> dict:
-        """Flattens the step's sequences into one token batch and builds its metadata on the host."""
+    def _prepare(self, scheduled: list[tuple[Sequence, int]], *, build_lora: bool = True) -> dict:
+        """Flattens the step's sequences into one token batch and its metadata.
+
+        The host sends what only it knows in one int64 copy: the new token ids [T] and, per row, its start
+        position, token count, adapter slot and block table, plus the rows to sample. Every per-token index
+        (positions, KV slots, row and index of each token) is derived from those on the device, so the host
+        work grows with the rows and the token ids, not with the padded [rows, max_query_len] metadata.
+        """
         bs = self.config.block_size
         # Single-token rows (decodes) first: attention runs rows [0, num_decode_rows) through the decode kernel.
         scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
-        num_decode_rows = sum(n == 1 for _, n in scheduled)
-        input_ids, positions, slot_mapping, token_slots = [], [], [], []
-        token_seq, token_index, logits_indices, sampled = [], [], [], []
-        context_lens, tables = [], []
-        max_q = max(n for _, n in scheduled)
-        positions_padded = []
-        for row, (seq, n) in enumerate(scheduled):
+        num_rows = len(scheduled)
+        input_ids, starts, lens, slots, tables, logits_indices, sampled = [], [], [], [], [], [], []
+        num_decode_rows = num_tokens = 0
+        for seq, n in scheduled:
             start = seq.num_computed
-            pos = list(range(start, start + n))
+            num_decode_rows += n == 1
             input_ids += seq.token_ids[start : start + n]
-            positions += pos
-            slot_mapping += [seq.blocks[p // bs] * bs + p % bs for p in pos]
-            token_slots += [seq.slot] * n
-            token_seq += [row] * n
-            token_index += list(range(n))
-            positions_padded.append(pos + [0] * (max_q - n))
-            context_lens.append(start + n)
+            starts.append(start)
+            lens.append(n)
+            slots.append(seq.slot)
             tables.append(seq.blocks)
+            num_tokens += n
             if start + n == len(seq.token_ids):
-                logits_indices.append(len(input_ids) - 1)
+                logits_indices.append(num_tokens - 1)
                 sampled.append(seq)
-        max_blocks = max(len(t) for t in tables)
-        tables = [t + [0] * (max_blocks - len(t)) for t in tables]
+        max_blocks = max(map(len, tables))
+        flat = [*input_ids, *starts, *lens, *slots, *logits_indices]
+        for table in tables:
+            flat += table
+            flat += [0] * (max_blocks - len(table))
+        host = torch.tensor(flat, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        dev = host.to(self.device, non_blocking=True)
+        sizes = (num_tokens, num_rows, num_rows, num_rows, len(logits_indices), num_rows * max_blocks)
+        ids, start_t, len_t, slot_t, logits_idx, table_t = dev.split(sizes)
+        table_t = table_t.view(num_rows, max_blocks)
 
-        def dev(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.int64).to(self.device, non_blocking=True)
-
+        arange = self._arange
+        token_seq = torch.repeat_interleave(arange[:num_rows], len_t, output_size=num_tokens)  # [T] row of token
+        first = torch.cumsum(len_t, 0) - len_t  # [B] first token of each row
+        token_index = arange[:num_tokens] - first[token_seq]
+        positions = start_t[token_seq] + token_index
+        slot_mapping = table_t[token_seq, positions // bs] * bs + positions % bs
+        context_lens = [start + n for start, n in zip(starts, lens)]
+        max_q = max(lens)
+        q = arange[:max_q]
+        positions_padded = torch.where(q < len_t[:, None], start_t[:, None] + q, 0)  # [B, max_q]
         attn = AttentionMetadata(
-            slot_mapping=dev(slot_mapping),
-            block_tables=dev(tables),
-            context_lens=dev(context_lens),
-            token_seq=dev(token_seq),
-            token_index=dev(token_index),
-            positions_padded=dev(positions_padded),
+            slot_mapping=slot_mapping,
+            block_tables=table_t,
+            context_lens=start_t + len_t,
+            token_seq=token_seq,
+            token_index=token_index,
+            positions_padded=positions_padded,
             max_query_len=max_q,
             max_context_len=max(context_lens),
             num_decode_rows=num_decode_rows,
             max_prefill_context_len=max(context_lens[num_decode_rows:], default=0),
         )
-        lora = None
-        if any(s >= 0 for s in token_slots):
-            slots = dev(token_slots).to(torch.int32)
-            lora = LoRABatch(token_slots=slots, meta=self._lora_meta.build(slots))
+        lora = token_slots = None
+        if any(s >= 0 for s in slots):
+            token_slots = slot_t.to(torch.int32)[token_seq]
+            if build_lora:
+                lora = LoRABatch(token_slots=token_slots, meta=self._lora_meta.build(token_slots))
         return {
-            "input_ids": dev(input_ids),
-            "positions": dev(positions),
+            "input_ids": ids,
+            "positions": positions,
             "attn": attn,
             "lora": lora,
-            "logits_indices": dev(logits_indices),
+            "token_slots": token_slots,  # [T] int32, None when no token has an adapter
+            "logits_indices": logits_idx,
             "sampled": sampled,
         }
 
@@ -419,12 +533,11 @@ class Engine:
         stop_at = None
         if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
             reason = "stop"
-        elif seq.detokenizer is not None:
-            seq.detokenizer.add(token)
-            if params.stop:
-                stop_at = _find_stop(seq.detokenizer.text, params.stop, seq.emitted_chars)
-                if stop_at is not None:
-                    reason = "stop"
+        elif seq.detokenizer is not None and seq.detokenizer.add(token) and params.stop:
+            # Only new text can complete a stop string: the check runs when the detokenizer added some.
+            stop_at = _find_stop(seq.detokenizer.text, params.stop, seq.emitted_chars)
+            if stop_at is not None:
+                reason = "stop"
         if reason is None and len(seq.token_ids) >= seq.max_len:
             reason = "length"
         if reason is not None:
@@ -434,15 +547,14 @@ class Engine:
     def _event(self, seq: Sequence, tokens, logprobs, *, stop_at: int | None = None, error: str | None = None):
         text = ""
         if seq.detokenizer is not None:
-            full = seq.detokenizer.text
+            end = len(seq.detokenizer.text)
             if stop_at is not None:
-                visible = full[:stop_at]
-            elif seq.finish_reason is not None or not seq.params.stop:
-                visible = full
-            else:  # hold back what could be the start of a stop string
-                visible = full[: max(seq.emitted_chars, len(full) - max(map(len, seq.params.stop)) + 1)]
-            text = visible[seq.emitted_chars :]
-            seq.emitted_chars = len(visible)
+                end = stop_at
+            elif seq.finish_reason is None and seq.params.stop:  # hold back what could start a stop string
+                end = max(seq.emitted_chars, end - seq.params.max_stop_len + 1)
+            if end > seq.emitted_chars:
+                text = seq.detokenizer.text[seq.emitted_chars : end]
+                seq.emitted_chars = end
         seq.num_emitted_tokens += len(tokens)
         return GenerationEvent(
             request_id=seq.request_id,
@@ -506,6 +618,75 @@ class Engine:
 
     # --- synchronous and background drivers ---------------------------------------------------------
 
+    def warm_up(self) -> float:
+        """Compiles and captures, before the first request, what steps would otherwise compile mid-run;
+        returns the seconds it took. Triton compiles a kernel per combination of its compile-time sizes (on
+        first use, for seconds), and a CUDA graph is captured per decode bucket: left to the first steps that
+        meet them, those stalls land on requests. This runs the model on dummy tokens whose keys and values
+        go to a KV block no sequence owns (the graphs' scratch block, or blocks borrowed from the allocator):
+        every decode graph, with and without LoRA; eager steps of token counts spanning the kernels' size
+        buckets, with and without decode rows and LoRA; and every split count of the decode attention.
+        Call it while no step runs (start() does, before its loop)."""
+        t0 = time.perf_counter()
+        if self._graphs is not None:
+            self._graphs.capture_all()
+        if self._mixed is not None:
+            self._mixed.capture_all()
+        bs = self.config.block_size
+        max_tokens = self.config.max_num_batched_tokens
+        lengths = sorted({n for n in (1, 2, 17, 64, 65, 256, 257, 1024, 1025, max_tokens) if n <= max_tokens})
+        need = -(-max(lengths) // bs)
+        borrowed = []
+        if self._graphs is not None:
+            blocks = [self._graphs.scratch_slot // bs] * need
+        else:
+            borrowed = blocks = self.scheduler.allocator.allocate(min(need, self.scheduler.allocator.num_free))
+        if len(blocks) < need:
+            self.scheduler.allocator.free(borrowed)
+            logger.warning("warm-up skipped: %d free KV blocks, %d needed", len(blocks), need)
+            return time.perf_counter() - t0
+
+        def seq(n: int, slot: int) -> Sequence:
+            return Sequence(
+                request_id="warm-up", adapter_id=None, token_ids=[0] * n, num_prompt_tokens=n,
+                params=SamplingParams(max_tokens=1), max_len=n, generator=None, detokenizer=None,
+                blocks=blocks[: -(-n // bs)], slot=slot,
+            )
+
+        try:
+            for n in lengths:
+                for slot in (-1, 0):
+                    decodes = min(n - 1, 4)  # a mixed step: decode rows, then one prefill chunk
+                    mixed = [*((seq(1, slot), 1) for _ in range(decodes)), (seq(n - decodes, slot), n - decodes)]
+                    for scheduled in ([(seq(n, slot), n)], mixed):
+                        batch = self._prepare(scheduled)
+                        self.model(batch["input_ids"], batch["positions"], self.kv_cache, batch["attn"],
+                                   batch["lora"], batch["logits_indices"])
+            self._warm_up_attention(blocks[:1])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        finally:
+            self.scheduler.allocator.free(borrowed)
+        self._warmed_up = True
+        self._compiles_at_warm_up = sum(compiles.compiled().values())
+        seconds = time.perf_counter() - t0
+        logger.info("engine warm-up: %.1f s", seconds)
+        return seconds
+
+    def _warm_up_attention(self, blocks: list[int]) -> None:
+        """Every split count of the decode attention kernel (a compile-time constant), on one dummy row."""
+        if not self.kv_cache.k.is_cuda:
+            return
+        from loraledger.kernels.paged_attention import SPLIT_CHOICES, paged_attention as paged_decode_attention
+
+        mc = self.model.config
+        q = torch.zeros(1, mc.num_heads, mc.head_dim, dtype=self.dtype, device=self.device)
+        tables = torch.tensor([blocks], dtype=torch.int64, device=self.device)
+        lens = torch.ones(1, dtype=torch.int64, device=self.device)
+        for splits in SPLIT_CHOICES:
+            paged_decode_attention(q, self.kv_cache.k[0], self.kv_cache.v[0], tables, lens, 1.0,
+                                   sliding_window=mc.sliding_window, num_splits=splits)
+
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Runs requests to completion on the calling thread (offline use, tests, benchmarks)."""
         if self._thread is not None:
@@ -529,9 +710,11 @@ class Engine:
         return [results[r.request_id] for r in requests]
 
     def start(self) -> None:
-        """Runs the step loop on a background thread until stop()."""
+        """Runs the step loop on a background thread until stop() (after warm_up() on CUDA, if configured)."""
         if self._thread is not None:
             raise RuntimeError("already started")
+        if self.config.warm_up and self.device.type == "cuda" and not self._warmed_up:
+            self.warm_up()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="engine-step", daemon=True)
         self._thread.start()
@@ -544,9 +727,11 @@ class Engine:
         self._wake.set()
         self._thread.join()
         self._thread = None
+        events = []
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.finish(seq, "abort")
-            self._dispatch(self._event(seq, [], []))
+            events.append(self._event(seq, [], []))
+        self._dispatch(events)
         self._drain_inbox()
 
     def close(self) -> None:
@@ -560,7 +745,7 @@ class Engine:
             raise RuntimeError("call start() first")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self._sinks[request.request_id] = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
+        self._sinks[request.request_id] = (loop, events)
         finished = False
         try:
             self.add_request(request)
@@ -584,13 +769,20 @@ class Engine:
             except Exception:  # one bad step must not take the server down
                 logger.exception("engine step failed; failing the running requests")
                 events = self._fail_running("internal error in the engine step")
-            for event in events:
-                self._dispatch(event)
+            t0 = time.perf_counter()
+            self._dispatch(events)
+            self.step_times.dispatch_s += time.perf_counter() - t0
 
-    def _dispatch(self, event: GenerationEvent) -> None:
-        sink = self._sinks.get(event.request_id)
-        if sink is not None:
-            sink(event)
+    def _dispatch(self, events: list[GenerationEvent]) -> None:
+        """Hands a step's events to their streams: one wake-up of each event loop per step, not one per event
+        (each wake-up is a write to the loop's self-pipe and a thread switch under the GIL)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, GenerationEvent]]] = {}
+        for event in events:
+            sink = self._sinks.get(event.request_id)
+            if sink is not None:
+                batches.setdefault(sink[0], []).append((sink[1], event))
+        for loop, batch in batches.items():
+            loop.call_soon_threadsafe(_deliver, batch)
 
     def _fail_running(self, message: str) -> list[GenerationEvent]:
         events = []
@@ -598,6 +790,11 @@ class Engine:
             self.scheduler.finish(seq, "error")
             events.append(self._event(seq, [], [], error=message))
         return events
+
+
+def _deliver(batch: list[tuple[asyncio.Queue, GenerationEvent]]) -> None:
+    for events, event in batch:
+        events.put_nowait(event)
 
 
 def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from loraledger.kernels.fused_ops import rotary_embedding_and_cache, write_kv_cache
 
 __all__ = ["BlockAllocator", "KVCache"]
 
@@ -30,6 +31,12 @@ class KVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_blocks = num_blocks
         self.block_size = block_size
+        # Each layer's k and v as [num_blocks * block_size, kv_heads, head_dim], made once: the writes take
+        # them every step, and an eager step pays the host for every view it makes.
+        self._slots = [
+            (self.k[i].view(-1, num_kv_heads, head_dim), self.v[i].view(-1, num_kv_heads, head_dim))
+            for i in range(num_layers)
+        ]
 
     @staticmethod
     def bytes_per_block(
@@ -44,9 +51,21 @@ class KVCache:
         v: torch.Tensor,  # [T, kv_heads, head_dim]
         slot_mapping: torch.Tensor,  # [T] int64 flat slots
     ) -> None:
-        kv_heads, head_dim = k.shape[1:]
-        self.k[layer].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, k)
-        self.v[layer].view(-1, kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+        """k and v at their flat slots: one launch on the kernel path."""
+        write_kv_cache(k, v, *self._slots[layer], slot_mapping)
+
+    def rotate_and_write(
+        self,
+        layer: int,
+        qk: torch.Tensor,  # [T, heads + kv_heads, head_dim] q heads then k heads; rotated in place
+        v: torch.Tensor,  # [T, kv_heads, head_dim]
+        cos: torch.Tensor,  # [T, head_dim] qk's dtype
+        sin: torch.Tensor,  # [T, head_dim]
+        slot_mapping: torch.Tensor,  # [T] int64 flat slots
+    ) -> None:
+        """Rotary embedding of q and k in place, then k (qk's last kv_heads heads) and v at their slots:
+        one launch on the kernel path."""
+        rotary_embedding_and_cache(qk, v, cos, sin, *self._slots[layer], slot_mapping)
 
 
 class BlockAllocator:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from loraledger.kernels.fused_ops import fused_add_rms_norm, rms_norm, silu_and_mul
 from safetensors import safe_open
 from torch import nn
 
@@ -177,23 +177,18 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
     return inv_freq
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D]; cos/sin [T, D] in x's dtype. The rotate-half convention of HF Llama."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, dim]
+        return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual), both written in place into x and residual: one launch."""
+        return fused_add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -207,28 +202,39 @@ class Attention(nn.Module):
         self.scale = c.head_dim**-0.5
 
     def forward(self, x, cos, sin, kv: KVCache, attn: AttentionMetadata, lora: LoRABatch | None):
+        q = self.project(x, cos, sin, kv, attn.slot_mapping, lora)
+        return self.output(self.attend(q, kv, attn), lora)
+
+    def project(self, x, cos, sin, kv: KVCache, slot_mapping: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        """q [T, heads, D] (rotated), after writing this layer's rotated k and v to the cache at slot_mapping."""
         c = self.config
         qkv = self.qkv_proj(x, lora)  # [T, q + 2 kv]
-        q, k, v = qkv.split((c.q_size, c.kv_size, c.kv_size), dim=-1)
-        q = apply_rope(q.view(-1, c.num_heads, c.head_dim), cos, sin)
-        k = apply_rope(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
-        v = v.view(-1, c.num_kv_heads, c.head_dim)
-        kv.write(self.layer, k, v, attn.slot_mapping)
+        # q and k rotate together, in place, as the [T, heads + kv_heads, D] view of qkv's first q + kv
+        # columns, and k and v go to the cache in the same launch (an eager step pays the host for every op).
+        qk = qkv[:, : c.q_size + c.kv_size].view(-1, c.num_heads + c.num_kv_heads, c.head_dim)
+        v = qkv[:, c.q_size + c.kv_size :].view(-1, c.num_kv_heads, c.head_dim)
+        kv.rotate_and_write(self.layer, qk, v, cos, sin, slot_mapping)
+        return qk[:, : c.num_heads]
+
+    def attend(self, q: torch.Tensor, kv: KVCache, attn: AttentionMetadata) -> torch.Tensor:
+        """Attention of q [T, heads, D] over the cache: [T, heads * D]."""
+        c = self.config
         out = paged_attention(q, kv.k[self.layer], kv.v[self.layer], attn, self.scale, c.sliding_window)
-        return self.o_proj(out.reshape(-1, c.q_size), lora)
+        return out.reshape(-1, c.q_size)
+
+    def output(self, out: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        return self.o_proj(out, lora)
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         c = config
-        self.intermediate_size = c.intermediate_size
         self.gate_up_proj = LoRALinear(c.hidden_size, (c.intermediate_size, c.intermediate_size), bias=c.mlp_bias)
         self.down_proj = LoRALinear(c.intermediate_size, (c.hidden_size,), bias=c.mlp_bias)
 
     def forward(self, x, lora: LoRABatch | None):
-        gate, up = self.gate_up_proj(x, lora).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up, lora)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x, lora)), lora)
 
 
 class Block(nn.Module):
@@ -239,9 +245,27 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, kv, attn, lora):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, attn, lora)
-        return x + self.mlp(self.post_attention_layernorm(x), lora)
+    def forward(self, x, residual, cos, sin, kv, attn, lora):
+        """x [T, hidden]: the previous block's output, not yet added to the residual stream (None before
+        the first block, where x is the embeddings). Returns (this block's MLP output, the stream): each
+        add meets the next norm in one fused launch, as in vLLM."""
+        q, residual = self.before_attention(x, residual, cos, sin, kv, attn.slot_mapping, lora)
+        return self.after_attention(self.self_attn.attend(q, kv, attn), residual, lora)
+
+    def before_attention(self, x, residual, cos, sin, kv, slot_mapping, lora) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block up to attention: (q [T, heads, D], the residual stream), k and v written to the cache.
+        The engine's piecewise CUDA graphs capture this and after_attention, and run attend between them."""
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm.add_forward(x, residual)
+        return self.self_attn.project(x, cos, sin, kv, slot_mapping, lora), residual
+
+    def after_attention(self, attn_out, residual, lora) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block from attention's output [T, heads * D] on: (its MLP output, the residual stream)."""
+        x, residual = self.post_attention_layernorm.add_forward(self.self_attn.output(attn_out, lora), residual)
+        return self.mlp(x, lora), residual
 
 
 class Transformer(nn.Module):
@@ -269,13 +293,22 @@ class Transformer(nn.Module):
         lora: LoRABatch | None,  # None: no adapter in this step
         logits_indices: torch.Tensor,  # [B] rows of T whose next token is wanted
     ) -> torch.Tensor:  # [B, vocab] float32
+        x, cos, sin = self.embed(input_ids, positions)
+        residual = None
+        for block in self.layers:
+            x, residual = block(x, residual, cos, sin, kv, attn, lora)
+        return self.logits(x, residual, logits_indices)
+
+    def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(embeddings [T, hidden], cos [T, D], sin [T, D]) of the tokens at their positions."""
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         x = self.embed_tokens(input_ids)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        for block in self.layers:
-            x = block(x, cos, sin, kv, attn, lora)
-        x = self.norm(x[logits_indices])
+        return x, emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, logits_indices: torch.Tensor) -> torch.Tensor:
+        """[B, vocab] float32 of the rows logits_indices, from the last block's output and the stream."""
+        x, _ = self.norm.add_forward(x[logits_indices], residual[logits_indices])
         return self.lm_head(x).float()
 
 
@@ -317,7 +350,7 @@ def load_model(model_dir: str | Path, *, device: torch.device, dtype: torch.dtyp
     if not shards:
         raise FileNotFoundError(f"{model_dir}: no *.safetensors files (pickle checkpoints are not loaded)")
     handles = [safe_open(str(s), framework="pt", device="cpu") for s in shards]
-    where = {name: h for h in handles for name in h.keys()}
+    where = {name: h for h in handles for name in h.keys()}  # noqa: SIM118 (safe_open handles are not iterable)
 
     def get(name: str) -> torch.Tensor | None:
         h = where.get(name)

@@ -120,22 +120,28 @@ class Scheduler:
         budget = self.max_num_batched_tokens
 
         # Decoding sequences first (one token each, latency-bound), then prefill chunks; admission order within.
-        queue, kept = sorted(self.running, key=lambda s: s.num_uncomputed > 1), []
-        while queue:
-            seq = queue.pop(0)
-            n = min(seq.num_uncomputed, budget)
+        # Preemption takes the queue's last sequence: `end` shrinks instead of popping (O(running) per step).
+        queue, kept = sorted(self.running, key=_is_prefilling), []
+        allocator, block_size = self.allocator, self.block_size
+        i, end = 0, len(queue)
+        while i < end:
+            seq = queue[i]
+            i += 1
+            n = min(len(seq.token_ids) - seq.num_computed, budget)
             if n == 0:
                 kept.append(seq)
                 continue
-            need = self._blocks_for(seq.num_computed + n) - len(seq.blocks)
-            while need > self.allocator.num_free and queue:
-                self._preempt(queue.pop())
+            need = -(-(seq.num_computed + n) // block_size) - len(seq.blocks)
+            while need > allocator.num_free and i < end:
+                end -= 1
+                self._preempt(queue[end])
                 out.num_preempted += 1
-            if need > self.allocator.num_free:
+            if need > allocator.num_free:
                 self._preempt(seq)
                 out.num_preempted += 1
                 continue
-            seq.blocks += self.allocator.allocate(need)
+            if need > 0:
+                seq.blocks += allocator.allocate(need)
             out.scheduled.append((seq, n))
             kept.append(seq)
             budget -= n
@@ -147,6 +153,8 @@ class Scheduler:
         return out
 
     def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        if not self.waiting or len(self.running) >= self.max_num_seqs or budget == 0:
+            return  # the common step: nothing to admit, no copy of the queue
         for seq in list(self.waiting):
             if len(self.running) >= self.max_num_seqs or budget == 0:
                 break
@@ -206,3 +214,7 @@ class Scheduler:
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+
+def _is_prefilling(seq: Sequence) -> bool:
+    return len(seq.token_ids) - seq.num_computed > 1

@@ -38,7 +38,9 @@ class Metrics:
         self.queue.labels(state="running").set_function(lambda: engine_stats()["running"])
         self.kv_free.set_function(lambda: engine_stats()["kv_blocks_free"])
         for counter in ("device_hits", "device_misses", "host_hits", "disk_reads", "device_evictions",
-                        "host_evictions", "load_latency_p50_s", "load_latency_p99_s"):  # fmt: skip
+                        "host_evictions", "load_latency_p50_s", "load_latency_p99_s", "host_load_latency_p50_s",
+                        "host_load_latency_p99_s", "disk_load_latency_p50_s", "disk_load_latency_p99_s",
+                        "copy_p99_s", "copy_gb_per_s"):  # fmt: skip
             self.adapter_cache.labels(counter=counter).set_function(
                 lambda c=counter: float(engine_stats()["adapters"].get(c) or 0)
             )

@@ -34,6 +34,9 @@ GPU_CASES = (
     Case("gpu_gate_up_view", 300, 1024, (2000, 2000), 8, 8, "two", y_view=True),
     Case("gpu_prefill_shared", 1500, 2048, (1000,), 5, 16, "shared"),
     Case("gpu_prefill_mixed", 2100, 1000, (1000,), 12, 32, "random"),
+    Case("gpu_down_56_splits", 40, 14336, (4096,), 8, 16, "random", k_chunk=256, max_splits=64),
+    Case("gpu_qkv_56_splits", 33, 14336, (1024, 256, 256), 6, 64, "random", k_chunk=256, max_splits=64),
+    Case("gpu_down_few_tiles", 16, 14336, (4096,), 4, 16, "shared", hint=True),  # the table's 28 chunks
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -56,10 +59,10 @@ def test_kernels_match_float64_reference(case: Case, path: str, dtype: str) -> N
 
 
 def _forced(path: str):
-    """lora_apply_fused's signature on one forced path: "one" launch or "two"."""
-    from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
+    """lora_apply_fused's signature on one forced path: "one" (whole-K) launch, "two" or "coop"."""
+    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
 
-    run = sgmv_one_launch if path == "one" else sgmv
+    run = {"one": sgmv_one_launch, "two": sgmv, "coop": sgmv_cooperative}[path]
 
     def apply(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None):
         return run(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
@@ -67,7 +70,7 @@ def _forced(path: str):
     return apply
 
 
-@pytest.mark.parametrize("path", ["one", "two"])
+@pytest.mark.parametrize("path", ["one", "two", "coop"])
 def test_no_host_synchronisation_on_each_path(path: str) -> None:
     """Each path, with the metadata built with and without the adapters hint, never waits for the device."""
     from loraledger.kernels import LoraMeta
@@ -121,11 +124,13 @@ def test_no_host_synchronisation() -> None:
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("path", ["auto", "one", "two"])
+@pytest.mark.parametrize("path", ["auto", "one", "two", "coop"])
 def test_cuda_graph_replays_with_new_batches(path: str) -> None:
     """The engine's pattern: capture meta.build + the projections once, then per step copy new token
-    slots and activations into the static buffers and replay."""
+    slots and activations into the static buffers and replay. Many steps and replays: the cooperative
+    kernel's grid barrier must advance by exactly one span per replay."""
     from loraledger.kernels import LoraMeta, lora_apply_fused, lora_apply_fused_ref
+    from loraledger.kernels.sgmv_coop import BARRIER_SPAN
 
     if path != "auto":
         lora_apply_fused = _forced(path)
@@ -148,7 +153,7 @@ def test_cuda_graph_replays_with_new_batches(path: str) -> None:
     with torch.cuda.graph(graph):
         step()
 
-    for step_seed in range(3):
+    for step_seed in range(12):
         fresh = cases.make_inputs(case, torch.bfloat16, "cuda", torch.Generator().manual_seed(100 + step_seed))
         for k in ("x", "token_slots", "y"):
             static[k].copy_(fresh[k])
@@ -167,6 +172,27 @@ def test_cuda_graph_replays_with_new_batches(path: str) -> None:
         )
         err = (static["y"].double().cpu() - ref).norm() / (ref - y0).norm()
         assert err < cases.TOLERANCE[torch.bfloat16], (step_seed, float(err))
+    launches = meta.barrier.item()
+    for _ in range(200):
+        graph.replay()
+    torch.cuda.synchronize()
+    if path == "coop":  # one span per launch: the graph holds one launch
+        assert meta.barrier.item() - launches == 200 * BARRIER_SPAN
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cooperative_launches_of_different_shapes_share_one_barrier(dtype: str) -> None:
+    """qkv, then down (K = 14336 in 56 splits) and a rank-64 qkv, back to back on one LoraMeta over
+    new batches: right results, the barrier's counter one span further per launch."""
+    shapes = (
+        Case("coop_qkv", 64, 4096, (4096, 1024, 1024), 16, 16, "random"),
+        Case("coop_down", 64, 14336, (4096,), 16, 16, "random", k_chunk=256, max_splits=64),
+        Case("coop_qkv_r64", 64, 1024, (512, 128, 128), 16, 64, "random"),
+    )
+    _poison_allocator()
+    result = cases.run_shared_meta(shapes, DTYPES[dtype], "cuda", seed=21, steps=4)
+    assert result["barrier_launches"] == result["launches"], result
+    assert result["err"] <= cases.TOLERANCE[DTYPES[dtype]], result
 
 
 def test_every_table_config_runs_two_launches_without_pdl() -> None:

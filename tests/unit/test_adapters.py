@@ -8,11 +8,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from loraledger.runtime.adapters import InvalidAdapterError
 from loraledger.runtime.engine import Engine, GenerationRequest, SamplingParams
 from loraledger.runtime.engine.testing import make_peft_adapter, make_tiny_model
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -231,6 +230,8 @@ def test_lru_tiers_counters_and_pinning(base, good):
     stats = engine.stats()["adapters"]
     assert stats["disk_reads"] >= 3 and stats["device_evictions"] >= 2
     assert stats["device_hits"] == 5 and stats["load_latency_p50_s"] is not None
+    assert stats["disk_load_latency_p50_s"] is not None and stats["disk_read_p50_s"] is not None
+    assert stats["host_hits"] + stats["disk_reads"] == stats["device_misses"]
     assert engine.adapters.is_resident("o")  # pinned: never evicted although least recently used
     with pytest.raises(ValueError, match="no slot"):
         engine.pin_adapter("qv")
@@ -275,3 +276,130 @@ def test_file_broken_on_disk_after_registration_fails_its_requests(base, good, t
     )
     assert bad.finish_reason == "error" and "non-finite" in bad.error
     assert ok.finish_reason == "length"
+
+
+# --- the slot pool's layout and the host tier, without an engine -------------------------------------
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "down_proj": (128, 64)}
+
+
+def _pool(num_slots=3, max_rank=8):
+    from loraledger.runtime.adapters import SlotPool
+
+    return SlotPool(
+        num_slots=num_slots,
+        num_layers=2,
+        projections=PROJECTIONS,
+        projection_shapes=SHAPES,
+        max_rank=max_rank,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
+
+
+def _spec(max_rank=8):
+    from loraledger.runtime.adapters import AdapterSpec
+
+    return AdapterSpec(2, SHAPES, max_rank=max_rank, max_bytes=1 << 24)
+
+
+def _peft_tensors(r, targets, seed):
+    """A PEFT state dict of rank r for the SHAPES model."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(2):
+        for name in targets:
+            k, n = SHAPES[name]
+            prefix = f"base_model.model.model.layers.{layer}.{'mlp' if name == 'down_proj' else 'self_attn'}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, k, generator=g)
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(n, r, generator=g)
+    return tensors
+
+
+def test_pool_views_alias_one_slot_contiguous_backing_tensor():
+    pool = _pool()
+    views = [*pool.lora_a.values(), *pool.lora_b.values()]
+    backing = pool.slots.untyped_storage().data_ptr()
+    assert all(v.untyped_storage().data_ptr() == backing for v in views)
+    assert pool.nbytes == pool.slots.nbytes == 3 * pool.slot_bytes
+    assert pool.slot_bytes == pool.bytes_per_slot(2, SHAPES, 8, torch.float32)
+    # The per-layer views the kernels get: stride(0) is the slot stride; fused q/k/v share A strides.
+    for name in SHAPES:
+        assert pool.lora_a[name][1].stride(0) == pool.lora_b[name][1].stride(0) == pool.slot_elems
+    assert pool.lora_a["q_proj"][0].stride() == pool.lora_a["k_proj"][0].stride() == pool.lora_a["v_proj"][0].stride()
+    assert pool.lora_b["q_proj"][0].stride()[1:] == pool.lora_b["k_proj"][0].stride()[1:]
+
+    # The views are disjoint: filling each with its own value leaves every other one as it was.
+    for i, v in enumerate(views):
+        v.fill_(i + 1)
+    assert all(bool((v == i + 1).all()) for i, v in enumerate(views))
+
+    # Writing one slot's image through the flat view shows up in every view of that slot, nowhere else.
+    pool.slots.zero_()
+    image = torch.randn(pool.slot_elems)
+    pool.slot_image(1).copy_(image)
+    assert not pool.slots[0].any() and not pool.slots[2].any()
+    for name, (k, n) in SHAPES.items():
+        assert not pool.lora_a[name][:, [0, 2]].any() and not pool.lora_b[name][:, [0, 2]].any()
+        a_off, b_off = pool._offsets[name]
+        a_len, b_len = 2 * 8 * k, 2 * n * 8
+        assert torch.equal(pool.lora_a[name][:, 1], image[a_off : a_off + a_len].view(2, 8, k))
+        assert torch.equal(pool.lora_b[name][:, 1], image[b_off : b_off + b_len].view(2, n, 8))
+
+
+def test_packed_adapter_is_one_slot_image_with_scale_folded_and_zero_padding():
+    from loraledger.runtime.adapters import adapter_from_tensors
+
+    pool = _pool()
+    tensors = _peft_tensors(4, ["q_proj", "down_proj"], seed=5)
+    config = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"]}
+    packed = pool.pack(adapter_from_tensors(config, tensors, _spec()), pin_memory=False)
+    assert packed.flat.shape == (pool.slot_elems,) and packed.rank == 4
+
+    pool.slots.fill_(7.0)  # stale weights of an earlier adapter: the image overwrites every element
+    pool.write(2, packed)
+    assert torch.equal(pool.slots[2], packed.flat) and bool((pool.slots[:2] == 7.0).all())
+    for layer in range(2):
+        prefix = f"base_model.model.model.layers.{layer}"
+        a, b = tensors[f"{prefix}.self_attn.q_proj.lora_A.weight"], tensors[f"{prefix}.self_attn.q_proj.lora_B.weight"]
+        assert torch.equal(pool.lora_a["q_proj"][layer, 2, :4], a)
+        assert torch.allclose(pool.lora_b["q_proj"][layer, 2, :, :4], b * 2.0)
+        assert not pool.lora_a["q_proj"][layer, 2, 4:].any() and not pool.lora_b["q_proj"][layer, 2, :, 4:].any()
+        assert not pool.lora_a["k_proj"][layer, 2].any()  # not targeted: zeros, rank 0
+        assert pool.ranks[layer, :, 2].tolist() == [4, 0, 0, 0, 0, 0, 4]
+    pool.clear(2)
+    assert not pool.ranks[:, :, 2].any()
+
+
+def test_host_tier_load_evict_reload_gives_identical_slot_and_counts_host_hits():
+    from loraledger.runtime.adapters import AdapterCache
+
+    pool = _pool(num_slots=1)
+    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=0, device=torch.device("cpu"))
+    targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
+    cache.add("a", config={"r": 8, "target_modules": targets}, tensors=_peft_tensors(8, targets, seed=1))
+    cache.add("b", config={"r": 2, "target_modules": ["v_proj"]}, tensors=_peft_tensors(2, ["v_proj"], seed=2))
+
+    def load(adapter_id):
+        cache.prefetch([adapter_id])
+        cache.poll()
+        assert cache.is_resident(adapter_id)
+        slot = cache.try_acquire(adapter_id)
+        image = (pool.slots[slot].clone(), pool.ranks[:, :, slot].clone())
+        cache.release(adapter_id)
+        return image
+
+    first = load("a")
+    other = load("b")  # evicts "a" from the only slot
+    again = load("a")
+    assert not cache.is_resident("b")
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    stats = cache.stats_snapshot()
+    assert stats["device_misses"] == stats["host_hits"] == 3 and stats["disk_reads"] == 0
+    assert stats["device_evictions"] == 2 and stats["copied_bytes"] == 3 * pool.slot_bytes
+    assert stats["host_load_latency_p50_s"] is not None and stats["copy_p99_s"] is not None
+    assert stats["disk_load_latency_p50_s"] is None and stats["disk_read_p50_s"] is None
+    assert stats["load_latency_p50_s"] is not None  # the old key, still exported by the server's metrics
+    cache.close()

@@ -198,3 +198,40 @@ def test_cuda_graphs_flag_is_ignored_on_cpu(base):
     assert EngineConfig().cuda_graphs is True
     out = engine.generate_batch([GenerationRequest("abc", params=SamplingParams(max_tokens=2, temperature=0))])
     assert len(out[0].token_ids) == 2
+
+
+_HOST_READS = ("tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+
+def test_a_step_reads_from_the_device_once(base, monkeypatch):
+    """The step's one host synchronisation, counted: every tensor → host read (.tolist, .item, .cpu, bool/int/
+    float of a tensor) inside step(), on eager prefill steps and on decode steps through the static buffers,
+    with greedy, sampled, seeded and stop-string requests (base model: on CPU the LoRA path is the kernels'
+    torch reference, which reads the slots on the host)."""
+    engine = Engine.from_pretrained(base, max_adapters=2, max_lora_rank=8, num_kv_blocks=64, block_size=4)
+    engine.kv_cache = _grown_cache(engine)
+    engine._graphs = _static_graphs(engine, scratch_block=64)
+    reads = []
+    for name in _HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(tensor, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    params = [
+        SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=True),
+        SamplingParams(max_tokens=6, temperature=0.8, top_k=5, top_p=0.9, seed=7, ignore_eos=True),
+        SamplingParams(max_tokens=6, temperature=1.0, stop=("zz", "qq"), ignore_eos=True),
+    ]
+    for i, p in enumerate(params):
+        engine.add_request(GenerationRequest(["Hello there", "abc", "LoRA on one GPU"][i], params=p))
+    per_step = []
+    while engine.has_unfinished():
+        before = len(reads)
+        events = engine.step()
+        if any(ev.token_ids for ev in events):
+            per_step.append(len(reads) - before)
+    assert engine._graphs.num_steps >= 4  # the decode steps went through the static buffers
+    assert per_step == [1] * len(per_step), reads

@@ -151,6 +151,58 @@ def test_sampler_filters():
         SamplingParams(max_tokens=0)
 
 
+def _allowed(row: torch.Tensor, p: SamplingParams) -> set[int]:
+    """The tokens a row may draw, the filters written out one by one: top-k (ties kept), then top-p."""
+    scaled = row / p.temperature
+    if p.top_k:
+        scaled = scaled.masked_fill(scaled < scaled.topk(p.top_k).values[-1], float("-inf"))
+    probs = torch.softmax(scaled, -1)
+    kept, total = set(), 0.0
+    for token in probs.argsort(descending=True).tolist():
+        if probs[token] == 0 or total >= p.top_p:
+            break
+        kept.add(token)
+        total += probs[token].item()
+    return kept
+
+
+def test_sampler_filters_compose_per_row_and_greedy_rows_keep_their_argmax():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 40, generator=g)
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0.7, top_k=8, top_p=0.6),
+        SamplingParams(temperature=1.3, top_p=0.3),
+        SamplingParams(temperature=0, top_k=2),
+        SamplingParams(temperature=1.0, top_k=3),
+        SamplingParams(temperature=0.5),
+    ]
+    allowed = [_allowed(row, p) for row, p in zip(logits, params)]
+    seen = [set() for _ in params]
+    for _ in range(300):
+        tokens, logprobs = sample(logits, params, [None] * len(params), g)
+        for i, token in enumerate(tokens.tolist()):
+            assert token in allowed[i], (i, token, allowed[i])
+            seen[i].add(token)
+        torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0])
+    argmax = logits.argmax(-1).tolist()
+    assert seen[0] == {argmax[0]} and seen[3] == {argmax[3]}
+    assert all(len(seen[i]) > 1 for i in (1, 2, 4, 5))  # the sampled rows do sample
+
+
+def test_step_times_split_every_step(base):
+    engine = _engine(base)
+    engine.generate_batch([GenerationRequest(p, params=greedy(4)) for p in PROMPTS])
+    stats = engine.stats()
+    times = stats["step_times"]
+    assert stats["cuda_graphs"] is None  # CPU: every step eager
+    assert times["eager_steps"] == engine.num_steps and times["graphed_steps"] == 0
+    # Each request's prompt plus every output token but the last went through a forward.
+    assert times["tokens"] == sum(len(engine.tokenizer.encode(p)) + 3 for p in PROMPTS)
+    phases = [times[k] for k in ("schedule_s", "forward_s", "sample_s", "output_s")]
+    assert min(phases) >= 0 and times["eager_step_s"] == pytest.approx(sum(phases))
+
+
 def test_async_stream_matches_batch_and_cancels(base, adapter):
     requests = [
         GenerationRequest(p, adapter_id=a, params=greedy(8, stop=("zz",)))

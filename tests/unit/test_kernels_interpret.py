@@ -5,7 +5,8 @@ of the session, so the cases run in one child process (this file run as a script
 its case's result. tests/gpu/test_kernels_gpu.py imports the case helpers from here and runs them on CUDA.
 
 Every case runs on each path: "auto" (the public operator, which picks one), "one" (the one-launch
-kernel, kernels/sgmv_fused.py) and "two" (split-K shrink, then expand).
+whole-K kernel, kernels/sgmv_fused.py), "two" (split-K shrink, then expand) and "coop" (the same split-K
+in one cooperative launch, kernels/sgmv_coop.py; one program under the interpreter).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Case:
     meta: bool = False  # pass a prebuilt LoraMeta (buffers poisoned before its build)
     block_t: int | None = None  # override the config table: tokens per tile
     k_chunk: int | None = None  # override: K per split
+    max_splits: int | None = None  # override: most K splits
     hint: bool = False  # build the LoraMeta with num_adapters = the batch's distinct slots (implies meta)
 
 
@@ -63,12 +65,19 @@ CASES = (
     Case("hint_distinct", 24, 96, (72,), 40, 16, "distinct", hint=True),
     Case("hint_shared", 50, 96, (40, 40), 6, 8, "shared", hint=True),
     Case("hint_none", 13, 64, (24,), 3, 16, "none", hint=True),
+    # More than 16 K splits (35, summed by the expands in unrolled groups of 16, the last one ragged).
+    Case("many_splits", 21, 1100, (40, 24), 5, 16, "random", k_chunk=32, max_splits=64),
+    # One adapter, one tile: the table's few-tiles rule cuts K into 25 chunks instead of 13.
+    Case("few_tiles_long_k", 9, 1600, (40,), 3, 16, "shared", hint=True),
 )
-PATHS = ("auto", "one", "two")
+PATHS = ("auto", "one", "two", "coop")
 
 
-def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generator) -> dict:
-    """Fresh random inputs (never zeros) on device: x, y (a view when asked), slices, ranks, scales, slots."""
+def make_inputs(
+    case: Case, dtype: torch.dtype, device: str, gen: torch.Generator, slots: torch.Tensor | None = None
+) -> dict:
+    """Fresh random inputs (never zeros) on device: x, y (a view when asked), slices, ranks, scales, slots
+    (case.mix's, or the given [T] slots)."""
     t, k, s, r, n = case.t, case.k, case.slots, case.max_rank, len(case.widths)
 
     def randn(*shape: int, std: float = 1.0) -> torch.Tensor:
@@ -81,7 +90,9 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generato
     ranks[torch.rand(n, s, generator=gen) < 0.2] = 0
     ranks[:, torch.randint(0, s, (1,), generator=gen)] = r
     scales = torch.rand(s, generator=gen, dtype=torch.float32) * 1.5 + 0.5
-    if case.mix == "random":
+    if slots is not None:
+        slots = slots.cpu().long()
+    elif case.mix == "random":
         slots = torch.randint(-1, s, (t,), generator=gen)
     elif case.mix == "distinct":
         slots = torch.randperm(s, generator=gen)[:t]
@@ -123,9 +134,10 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generato
 
 
 def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
-    """Run the public operator ("auto"), or force one launch ("one") or two ("two"), on inp in place."""
+    """Run the public operator ("auto"), or force the whole-K launch ("one"), split-K in two ("two") or in
+    one cooperative launch ("coop"), on inp in place."""
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
-    from loraledger.kernels.sgmv import sgmv, sgmv_one_launch
+    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
 
     args = (inp["y"], inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"], inp["token_slots"])
     meta = None
@@ -136,17 +148,22 @@ def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
         slots = inp["token_slots"].cpu()
         hint = len(set(slots[slots >= 0].tolist())) if case.hint else None
         meta.build(inp["token_slots"], case.block_t, num_adapters=hint)
-    if case.block_t is not None and path != "one":
+    if (case.block_t is not None or case.max_splits is not None) and path != "one":
         from loraledger.kernels.configs import sgmv_config
 
-        cfg = dataclasses.replace(sgmv_config(case.t, inp["x"].device), block_t=case.block_t, k_chunk=case.k_chunk)
-        sgmv(*args, meta, cfg)
+        table = sgmv_config(case.t, inp["x"].device)
+        cfg = dataclasses.replace(table, block_t=case.block_t or table.block_t, k_chunk=case.k_chunk or table.k_chunk,
+                                  max_splits=case.max_splits or table.max_splits)
+        (sgmv_cooperative if path == "coop" else sgmv)(*args, meta, cfg)
         return
     if path == "one":
         sgmv_one_launch(*args, meta)
         return
     if path == "two":
         sgmv(*args, meta)
+        return
+    if path == "coop":
+        sgmv_cooperative(*args, meta)
         return
     if len(case.widths) == 1:
         y, x, a, b, ranks, scales, slots = args
@@ -197,6 +214,43 @@ def run_case(case: Case, dtype: torch.dtype, device: str, seed: int, path: str =
     }
 
 
+SHARED_META_CASES = (
+    Case("coop_qkv", 30, 96, (48, 16, 16), 6, 16, "random"),
+    Case("coop_wide", 30, 200, (72,), 6, 32, "random"),
+)
+
+
+def run_shared_meta(cases: tuple[Case, ...], dtype: torch.dtype, device: str, seed: int, steps: int = 3) -> dict:
+    """Cooperative launches of different shapes back to back on one LoraMeta (one grid barrier), over
+    several steps with new batches: the worst relative error, and the barrier's counter at the end in
+    launches (each adds BARRIER_SPAN)."""
+    from loraledger.kernels import LoraMeta, lora_apply_fused_ref
+    from loraledger.kernels.sgmv import sgmv_cooperative
+    from loraledger.kernels.sgmv_coop import BARRIER_SPAN
+
+    t = cases[0].t
+    gen = torch.Generator().manual_seed(seed)
+    meta = LoraMeta(t, device)
+    worst = 0.0
+    for _ in range(steps):
+        slots = torch.randint(-1, min(c.slots for c in cases), (t,), generator=gen)
+        meta.build(slots.to(torch.int32).to(device))
+        inputs = [make_inputs(c, dtype, device, gen, slots) for c in cases]
+        refs = []
+        for inp in inputs:
+            ref = inp["y"].double().cpu()
+            lora_apply_fused_ref(ref, inp["x"].double().cpu(), tuple(a.double().cpu() for a in inp["lora_a"]),
+                                 tuple(b.double().cpu() for b in inp["lora_b"]), inp["ranks"].cpu(),
+                                 inp["scales"].double().cpu(), inp["token_slots"].cpu())
+            refs.append((ref, inp["y"].double().cpu()))
+        for inp in inputs:  # launched back to back, then checked
+            sgmv_cooperative(inp["y"], inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"],
+                             inp["token_slots"], meta)
+        for inp, (ref, y0) in zip(inputs, refs, strict=True):
+            worst = max(worst, ((inp["y"].double().cpu() - ref).norm() / (ref - y0).norm()).item())
+    return {"err": worst, "barrier_launches": meta.barrier.item() / BARRIER_SPAN, "launches": steps * len(cases)}
+
+
 def check(result: dict, dtype: torch.dtype) -> None:
     assert result["finite"], result
     assert result["untouched_ok"], result
@@ -214,6 +268,8 @@ def _run_all_interpreted() -> dict:
         for path in PATHS:
             for name, dtype in INTERPRETER_DTYPES.items():
                 out[f"{case.name}-{path}-{name}"] = run_case(case, dtype, "cpu", seed + i, path)
+    for name, dtype in INTERPRETER_DTYPES.items():
+        out[f"shared_meta-{name}"] = run_shared_meta(SHARED_META_CASES, dtype, "cpu", seed)
     return out
 
 
@@ -234,6 +290,16 @@ def test_interpreted_kernels_match_float64_reference(interpreted: dict, case: Ca
     result = interpreted[f"{case.name}-{path}-{dtype}"]
     check(result, INTERPRETER_DTYPES[dtype])
     assert math.isfinite(result["err"]), f"seed {interpreted['seed']}"
+
+
+@pytest.mark.parametrize("dtype", INTERPRETER_DTYPES)
+def test_interpreted_cooperative_launches_share_one_barrier(interpreted: dict, dtype: str) -> None:
+    """Back-to-back cooperative launches of different shapes on one LoraMeta, three steps: right results,
+    and the barrier's counter advanced by exactly one span per launch (what the next launch, or graph
+    replay, counts from)."""
+    result = interpreted[f"shared_meta-{dtype}"]
+    assert result["barrier_launches"] == result["launches"], result
+    assert result["err"] <= TOLERANCE[INTERPRETER_DTYPES[dtype]], f"{result}, seed {interpreted['seed']}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One device call of a session, from the repository root on the GPU machine: PART=1 the GPU tests (kernels in
+# the background, alongside the fused-ops, engine and paged-attention tests), then the decode step alone with
+# and without the fused elementwise kernels, then the S-LoRA serving window; PART=2 the engine GPU tests, where
+# an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
+# step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the decode step, the
+# transformers+PEFT comparison and the 100 → 5,000 adapter scale run. Logs and JSON under $OUT.
+set -uo pipefail
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT" /tmp/llpkg
+ln -sfn "$PWD" /tmp/llpkg/loraledger
+export PYTHONPATH=/tmp/llpkg${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+PY=${PY:-python3}
+B=benchmarks/serving
+SECONDS=0
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$OUT/gpu.txt"
+$PY -c 'import torch, triton; print(torch.__version__, triton.__version__)' >>"$OUT/gpu.txt"
+run() {
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s, at ${SECONDS}s)"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "=== $name: exit $? at ${SECONDS}s"
+}
+PYTEST="$PY -m pytest --noconftest -q -p no:cacheprovider -m gpu"
+if [[ "${PART:-1}" == 1 ]]; then
+    timeout 230 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
+    run tests_fused 120 $PYTEST -x tests/gpu/test_fused_ops_gpu.py
+    tail -3 "$OUT/tests_fused.log"
+    run tests_engine 150 $PYTEST tests/gpu/test_engine_gpu.py tests/gpu/test_paged_attention_gpu.py
+    tail -3 "$OUT/tests_engine.log"
+    wait
+    tail -3 "$OUT/tests_kernels.log"
+    if ! grep -q " passed" "$OUT/tests_fused.log" || grep -q "failed\|error" "$OUT/tests_fused.log"; then
+        export LORALEDGER_FUSED_OPS=0  # broken on this GPU: measure without them rather than not at all
+        echo "fused ops failed: LORALEDGER_FUSED_OPS=0 from here on"
+    fi
+    run decode_step_1b 130 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
+        --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
+    LORALEDGER_FUSED_OPS=0 run decode_step_1b_unfused 60 $PY $B/bench_decode_step.py --preset llama-3.2-1b \
+        --settings nolora --batches 64 128 --context 512 --steps 20 --replays 40 --json "$OUT/decode_step_1b_unfused.json"
+    run serving_slora 200 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
+elif [[ "${PART}" == 2 ]]; then
+    run tests_engine 200 $PYTEST -x -rf --tb=short tests/gpu/test_engine_gpu.py tests/gpu/test_paged_attention_gpu.py
+    tail -25 "$OUT/tests_engine.log"
+    run profile_slora 80 $PY $B/profile_eager_step.py --preset llama-3.2-1b --setting slora --json "$OUT/profile_slora.json"
+    head -60 "$OUT/profile_slora.log"
+    run profile_nolora 60 $PY $B/profile_eager_step.py --preset llama-3.2-1b --setting nolora --top 15
+    head -40 "$OUT/profile_nolora.log"
+    run serving_punica 160 $PY $B/bench_serving.py --preset llama-3.2-1b --setting punica --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --cpu-cache-gb 32 --baselines none --json "$OUT/serving_punica.json"
+elif [[ "${PART}" == 3 ]]; then
+    run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py tests/gpu/test_paged_attention_gpu.py
+    tail -15 "$OUT/tests_engine.log"
+    run profile_slora 80 $PY $B/profile_eager_step.py --preset llama-3.2-1b --setting slora --top 12 --json "$OUT/profile_slora.json"
+    head -45 "$OUT/profile_slora.log"
+    run serving_slora 220 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
+    run serving_punica 160 $PY $B/bench_serving.py --preset llama-3.2-1b --setting punica --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --cpu-cache-gb 32 --baselines none --json "$OUT/serving_punica.json"
+else
+    run decode_step_1b 130 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
+        --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
+    run serving_hf 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --no-online --baselines hf --hf-requests 64 --hf-batch 16 --hf-max-s 30 --json "$OUT/serving_hf.json"
+    run adapter_scale 150 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
+        --sizes 100 1000 5000 --slots 64 --cpu-cache-gb 2 --json "$OUT/adapter_scale.json"
+fi
+for f in "$OUT"/*.json; do [[ -e $f ]] && $PY $B/summarize.py "$f" 2>/dev/null | tail -25; done
+echo "done in ${SECONDS}s"
