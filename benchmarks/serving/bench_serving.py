@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import gc
 import json
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -364,6 +366,45 @@ def window_steps(before: dict, after: dict) -> dict:
     return d
 
 
+class StackSampler:
+    """A poor man's py-spy (none on the GPU machine): every `interval_s` a daemon thread records where the engine's
+    step thread is (its innermost loraledger frame, and the frame below that is running when it is in torch or
+    Triton); `top()` counts the places. A thread waiting for the GIL shows at the line it waits on."""
+
+    def __init__(self, thread_name: str = "engine-step", interval_s: float = 0.002):
+        self.thread_name, self.interval_s = thread_name, interval_s
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            ident = next((t.ident for t in threading.enumerate() if t.name == self.thread_name), None)
+            frame = sys._current_frames().get(ident) if ident else None
+            if frame is None:
+                continue
+            inner = frame
+            while frame is not None and not frame.f_globals.get("__name__", "").startswith("loraledger"):
+                frame = frame.f_back
+            if frame is None:
+                continue
+            here = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}:{frame.f_lineno}"
+            if inner is not frame:
+                here += f" > {Path(inner.f_code.co_filename).name}:{inner.f_code.co_name}"
+            self.counts[here] += 1
+
+    def top(self, n: int = 40) -> list[tuple[str, int]]:
+        return self.counts.most_common(n)
+
+
 def run_engine(args, model, sources: list, registered: int, workload: Workload, hf_subset: Workload | None) -> dict:
     """One engine: register, warm up, serve the workload for the window; with hf_subset, then serve it offline."""
     rank, targets = SETTINGS[args.setting]
@@ -384,9 +425,15 @@ def run_engine(args, model, sources: list, registered: int, workload: Workload, 
     steps = engine.num_steps
     if args.online:
         engine.start()
+        sampler = StackSampler() if args.sample_stacks else None
         try:
+            if sampler:
+                sampler.__enter__()
             result.update(asyncio.run(drive(engine, workload, ids, args.duration, args.drain_s)))
         finally:
+            if sampler:
+                sampler.__exit__()
+                result["engine_stacks"] = sampler.top()
             engine.stop()
         result["step_times"] = window_steps(before, engine.stats())  # host seconds per step phase, window + drain
         compiled = engine.stats()["kernel_compiles_since_warm_up"]
@@ -526,6 +573,7 @@ def main() -> None:
     p.add_argument("--hf-batch", type=int, default=16, help="transformers+PEFT static batch size")
     p.add_argument("--hf-max-s", type=float, default=60.0, help="transformers+PEFT's time budget (then cut short)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-stacks", action="store_true", help="sample the engine thread's stack (StackSampler)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     baselines = set(args.baselines.split(",")) - {"none", ""}
