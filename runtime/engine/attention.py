@@ -29,6 +29,23 @@ class AttentionMetadata:
     max_prefill_context_len: int = 0  # max of context_lens over rows [d, B)
 
     @functools.cached_property
+    def _masks(self) -> dict:
+        return {}
+
+    def causal_mask(self, length: int, sliding_window: int | None) -> torch.Tensor:
+        """[B, 1, max_query_len, length] bool: whether query row (b, i) may see key j of its sequence. The same
+        for every layer of a step, so it is built once per step (an eager step pays the host for every op)."""
+        mask = self._masks.get((length, sliding_window))
+        if mask is None:
+            key_pos = torch.arange(length, device=self.positions_padded.device)  # [L]
+            query_pos = self.positions_padded[:, :, None]  # [B, Q, 1]
+            mask = key_pos[None, None, :] <= query_pos  # the query's own position bounds the context
+            if sliding_window is not None:
+                mask &= key_pos[None, None, :] > query_pos - sliding_window
+            mask = self._masks[(length, sliding_window)] = mask[:, None]
+        return mask
+
+    @functools.cached_property
     def prefill_rows(self) -> AttentionMetadata:
         """Rows [num_decode_rows, B) and their tokens as metadata of their own (the torch path's share)."""
         d = self.num_decode_rows
@@ -97,14 +114,8 @@ def _gathered_attention(
     tables = meta.block_tables[:, :blocks_needed]
     keys = k_cache[tables].reshape(num_seqs, -1, kv_heads, dim).transpose(1, 2)  # [B, kv_heads, L, D]
     values = v_cache[tables].reshape(num_seqs, -1, kv_heads, dim).transpose(1, 2)
-    key_pos = torch.arange(keys.shape[2], device=q.device)  # [L]
-
     q_pad = q.new_zeros(num_seqs, meta.max_query_len, heads, dim)
     q_pad[meta.token_seq, meta.token_index] = q
-    query_pos = meta.positions_padded[:, :, None]  # [B, Q, 1]
-    mask = key_pos[None, None, :] <= query_pos  # [B, Q, L]; the query's own position bounds the context
-    if sliding_window is not None:
-        mask &= key_pos[None, None, :] > query_pos - sliding_window
     if heads != kv_heads and q.is_cuda:
         # SDPA's GQA mode with a mask runs the math backend, which writes the [B, heads, Q, L] scores to memory:
         # for a step of several long prefill chunks that is most of the step. Repeating the KV heads instead
@@ -112,7 +123,12 @@ def _gathered_attention(
         keys = keys.repeat_interleave(heads // kv_heads, dim=1)
         values = values.repeat_interleave(heads // kv_heads, dim=1)
     out = F.scaled_dot_product_attention(
-        q_pad.transpose(1, 2), keys, values, attn_mask=mask[:, None], scale=scale, enable_gqa=heads != keys.shape[1]
+        q_pad.transpose(1, 2),
+        keys,
+        values,
+        attn_mask=meta.causal_mask(keys.shape[2], sliding_window),
+        scale=scale,
+        enable_gqa=heads != keys.shape[1],
     )  # [B, heads, Q, D]
     return out.transpose(1, 2)[meta.token_seq, meta.token_index]
 
