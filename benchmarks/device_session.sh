@@ -4,8 +4,10 @@
 # and without the fused elementwise kernels, then the S-LoRA serving window; PART=2 the engine GPU tests, where
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
-# profile of steps with several prefills and the S-LoRA window; PART=5 the decode step, the transformers+PEFT
-# comparison and the 100 → 5,000 adapter scale run. Logs and JSON under $OUT.
+# profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=6 (not run yet) the stack-sampled S-LoRA window, the
+# transformers+PEFT comparison with only its adapters registered, the 8B decode step and the full-depth scale run.
+# Logs and JSON under $OUT.
 set -uo pipefail
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT" /tmp/llpkg
@@ -68,12 +70,23 @@ elif [[ "${PART}" == 4 ]]; then
     head -45 "$OUT/profile_slora.log"
     run serving_slora 220 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
+elif [[ "${PART}" == 6 ]]; then  # for the next session: what this one's budget did not reach
+    run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"
+    $PY -c "import json, sys; [print(n, c) for n, c in json.load(open(sys.argv[1]))['lora']['engine_stacks'][:25]]" \
+        "$OUT/serving_stacks.json"
+    run serving_hf 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --no-online --baselines hf --hf-requests 64 --hf-batch 16 --hf-max-s 30 --json "$OUT/serving_hf.json"
+    run decode_step_8b 150 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
+        --steps 20 --replays 40 --json "$OUT/decode_step_8b.json"
+    run adapter_scale_full 150 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
+        --sizes 100 1000 5000 --slots 64 --cpu-cache-gb 2 --json "$OUT/adapter_scale_full.json"
 else
     timeout 150 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_fused_ops_gpu.py \
         tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
     run tests_engine 150 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
     wait
-    tail -4 "$OUT/tests_engine.log" "$OUT/tests_kernels.log"
+    tail -n 4 "$OUT/tests_engine.log" "$OUT/tests_kernels.log"
     run serving_hf 120 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --no-online --baselines hf --hf-requests 64 --hf-batch 16 --hf-max-s 30 --json "$OUT/serving_hf.json"
     run adapter_scale 130 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
