@@ -39,6 +39,7 @@ SHAPES = {"qo": (4096, 4096), "kv": (4096, 1024), "up": (4096, 14336), "down": (
 RANKS = (8, 16, 64)
 DECODE_T = (1, 16, 64, 256, 1024)
 DECODE_N = (1, 8, 64)  # and T (all distinct)
+SKEWED_N = (8, 64)  # Punica's Skewed mix: n adapters with Zipf(1.5) shares of the batch
 PREFILL = ((128, 8), (128, 32), (512, 8))  # T=4096 in segments of 128 or 512 tokens over n adapters
 
 # ../shared/DESIGN.md "Kernels to beat": rank 16, bf16, K=4096, H100 80GB HBM3, 2026-11-22.
@@ -85,6 +86,8 @@ def grid_cases() -> list[Case]:
             for t in DECODE_T:
                 for n in sorted({n for n in DECODE_N if n <= t} | {t}):
                     cases.append(Case("decode", shape, rank, t, n))
+                for n in (n for n in SKEWED_N if n < t):
+                    cases.append(Case("skewed", shape, rank, t, n))
             for seg, n in PREFILL:
                 cases.append(Case(f"prefill{seg}", shape, rank, 4096, n))
     return cases
@@ -92,7 +95,7 @@ def grid_cases() -> list[Case]:
 
 def small_floor(case: Case) -> bool:
     """The decode cases whose memory floor is under 5 us (the <= 8 us goal's), where launches dominate."""
-    return case.kind == "decode" and (case.t <= 64 or (case.t == 256 and case.n <= 8))
+    return case.kind in ("decode", "skewed") and (case.t <= 64 or (case.t == 256 and case.n <= 8))
 
 
 def anchor_cases() -> list[Case]:
@@ -101,10 +104,18 @@ def anchor_cases() -> list[Case]:
 
 
 def token_slots(case: Case, gen: torch.Generator) -> torch.Tensor:
-    """Decode: T tokens spread uniformly over n adapters, in shuffled batch order. Prefill: segments of
-    seg tokens, segment i on adapter i mod n."""
+    """Decode: T tokens spread uniformly over n adapters, in shuffled batch order (Punica's Identical for n = 1,
+    Distinct for n = T, Uniform otherwise). Skewed (Punica's): adapter i's share of the T tokens is proportional
+    to 1 / (i + 1)^1.5 (Zipf, alpha 1.5), every adapter at least one token, shuffled. Prefill: segments of seg
+    tokens, segment i on adapter i mod n."""
     if case.kind == "decode":
         slots = torch.arange(case.t) % case.n
+        return slots[torch.randperm(case.t, generator=gen)]
+    if case.kind == "skewed":
+        weights = 1.0 / torch.arange(1, case.n + 1, dtype=torch.float64) ** 1.5
+        counts = 1 + torch.floor((case.t - case.n) * weights / weights.sum()).long()
+        counts[0] += case.t - int(counts.sum())
+        slots = torch.repeat_interleave(torch.arange(case.n), counts)
         return slots[torch.randperm(case.t, generator=gen)]
     seg = int(case.kind.removeprefix("prefill"))
     return (torch.arange(case.t) // seg) % case.n

@@ -131,9 +131,15 @@ def main(path: str) -> None:
         cols_of[(r["shape"], r["k"], r["width"], r["rank"])][col] = r
     cols.sort(key=lambda c: (c[0] != "decode", c[1], c[2], c[0]))
 
+    def label(kind: str, t: int, n: int) -> str:
+        if kind == "decode":
+            return f"T={t} n={n}"
+        if kind == "skewed":  # Punica's Skewed mix (Zipf 1.5 shares)
+            return f"skewed T={t} n={n}"
+        return f"{kind.removeprefix('prefill')}-seg n={n}"
+
     def head(cs: list) -> str:
-        return " | ".join(f"{'T' if k == 'decode' else k.removeprefix('prefill') + '-seg '}"
-                          f"{'=' + str(t) if k == 'decode' else ''} n={n}" for k, t, n in cs)
+        return " | ".join(label(*c) for c in cs)
 
     small = [c for c in cols if c[0] == "decode" and c[1] <= 1024]
     print("\n### Two launches vs one, decode (bf16; µs: two / one; **bold** = the path the rule picks; "
