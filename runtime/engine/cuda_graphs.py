@@ -40,7 +40,7 @@ from .lora_linear import LoRABatch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NUM_INPUTS", "DecodeGraphs", "bucket_for", "decode_buckets", "pad_block_tables", "pad_decode_inputs"]
+__all__ = ["NUM_INPUTS", "CapturedBuckets", "DecodeGraphs", "bucket_for", "decode_buckets", "pad_block_tables", "pad_decode_inputs"]
 
 NUM_INPUTS = 5  # token ids, positions, KV slot mapping, context lengths, LoRA slots: one int64 row each
 
@@ -107,7 +107,33 @@ def pad_block_tables(tables: list[list[int]], bucket: int) -> list[list[int]]:
     return rows + [[0] * width for _ in range(bucket - len(tables))]
 
 
-class DecodeGraphs:
+class CapturedBuckets:
+    """What the engine's two graph runners share: graphs captured per (bucket, with LoRA or not), lazily on a
+    bucket's first step or all at once (`capture_all`); a key whose capture failed stays eager for good.
+    A subclass sets `buckets`, `capture`, `_graphs` (key → its captured graphs), `_failed`, and `_capture`."""
+
+    buckets: tuple[int, ...]
+    capture: bool
+    _graphs: dict
+    _failed: set
+
+    def _capture(self, bucket: int, use_lora: bool) -> None:
+        raise NotImplementedError
+
+    def ensure_captured(self, bucket: int, use_lora: bool) -> None:
+        """Captures the key's graphs unless they exist, failed before, or capture is off."""
+        key = (bucket, use_lora)
+        if self.capture and key not in self._graphs and key not in self._failed:
+            self._capture(bucket, use_lora)
+
+    def capture_all(self, lora: bool = True) -> None:
+        """Captures every bucket's graphs now (without and, if `lora`, with LoRA) instead of on first use."""
+        for bucket in self.buckets:
+            for use_lora in (False, True) if lora else (False,):
+                self.ensure_captured(bucket, use_lora)
+
+
+class DecodeGraphs(CapturedBuckets):
     """Static buffers and the captured decode graphs of one engine (one stream, one step at a time)."""
 
     def __init__(
@@ -210,8 +236,7 @@ class DecodeGraphs:
         use_lora = any(s >= 0 for s in lora_slots)
         bucket = bucket_for(len(token_ids), self.buckets)
         key = (bucket, use_lora)
-        if self.capture and key not in self._graphs and key not in self._failed:
-            self._capture(bucket, use_lora)
+        self.ensure_captured(bucket, use_lora)
         self.fill(token_ids, positions, slot_mapping, lora_slots, block_tables)
         self.steps_per_bucket[bucket] = self.steps_per_bucket.get(bucket, 0) + 1
         self.num_steps += 1
@@ -221,14 +246,6 @@ class DecodeGraphs:
         graph[0].replay()
         self.num_replays += 1
         return graph[1]
-
-    def capture_all(self, lora: bool = True) -> None:
-        """Captures every bucket's graph now (without and, if `lora`, with LoRA) instead of on first use."""
-        for bucket in self.buckets:
-            for use_lora in (False, True) if lora else (False,):
-                key = (bucket, use_lora)
-                if self.capture and key not in self._graphs and key not in self._failed:
-                    self._capture(bucket, use_lora)
 
     def run_model(self, bucket: int, use_lora: bool) -> torch.Tensor:
         """The model over the static buffers of one bucket (what the graph captures)."""

@@ -440,8 +440,7 @@ class Engine:
         if mixed is not None and mixed.bucket(num_tokens) is not None:
             batch = self._prepare(scheduled, build_lora=False)
             logits = mixed.forward(
-                batch["input_ids"], batch["positions"], batch["attn"].slot_mapping, batch["token_slots"],
-                batch["attn"], batch["logits_indices"],
+                batch["input_ids"], batch["positions"], batch["token_slots"], batch["attn"], batch["logits_indices"]
             )
             return logits, batch["sampled"]
         batch = self._prepare(scheduled)
@@ -624,9 +623,10 @@ class Engine:
         first use, for seconds), and a CUDA graph is captured per decode bucket: left to the first steps that
         meet them, those stalls land on requests. This runs the model on dummy tokens whose keys and values
         go to a KV block no sequence owns (the graphs' scratch block, or blocks borrowed from the allocator):
-        every decode graph, with and without LoRA; eager steps of token counts spanning the kernels' size
-        buckets, with and without decode rows and LoRA; and every split count of the decode attention.
-        Call it while no step runs (start() does, before its loop)."""
+        every decode graph and every piece of the piecewise graphs, with and without LoRA (each capture runs
+        its forward once first, which compiles); without piecewise graphs, eager steps of token counts spanning
+        the kernels' size buckets, with and without decode rows and LoRA; and every split count of the decode
+        attention. Call it while no step runs (start() does, before its loop)."""
         t0 = time.perf_counter()
         if self._graphs is not None:
             self._graphs.capture_all()
@@ -634,8 +634,10 @@ class Engine:
             self._mixed.capture_all()
         bs = self.config.block_size
         max_tokens = self.config.max_num_batched_tokens
-        lengths = sorted({n for n in (1, 2, 17, 64, 65, 256, 257, 1024, 1025, max_tokens) if n <= max_tokens})
-        need = -(-max(lengths) // bs)
+        lengths = []  # with piecewise graphs no step of up to max_tokens tokens runs eagerly
+        if self._mixed is None:
+            lengths = sorted({n for n in (1, 2, 17, 64, 65, 256, 257, 1024, 1025, max_tokens) if n <= max_tokens})
+        need = -(-max(lengths, default=1) // bs)
         borrowed = []
         if self._graphs is not None:
             blocks = [self._graphs.scratch_slot // bs] * need

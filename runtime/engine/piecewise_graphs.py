@@ -10,7 +10,7 @@ about 1,500 ops and Triton kernels one by one from Python, host-bound at 20-80 m
 it launches L + 1 graphs plus the attention ops.
 
     graphs = MixedGraphs(model, kv_cache, max_tokens=2048, max_rows=64, scratch_slot=s, capture=True, device=d)
-    logits = graphs.forward(input_ids, positions, slot_mapping, token_slots, attn, logits_indices)  # [B, V]
+    logits = graphs.forward(input_ids, positions, token_slots, attn, logits_indices)  # [B, V]
 
 The step's T tokens are padded to the smallest bucket >= T. Padding tokens are harmless: they write their
 K/V to the scratch slot (a KV block no sequence owns), have no adapter (slot -1), never reach attention (it
@@ -31,6 +31,7 @@ import torch
 from loraledger.kernels import LoraMeta
 
 from .attention import AttentionMetadata
+from .cuda_graphs import CapturedBuckets
 from .kv_cache import KVCache
 from .lora_linear import LoRABatch
 
@@ -51,7 +52,7 @@ def mixed_buckets(max_tokens: int) -> tuple[int, ...]:
     return tuple(sorted({s for s in sizes if s < max_tokens} | {max_tokens}))
 
 
-class MixedGraphs:
+class MixedGraphs(CapturedBuckets):
     """Static buffers and the captured pieces of one engine's non-decode steps (one stream, one step at a time)."""
 
     def __init__(
@@ -107,20 +108,12 @@ class MixedGraphs:
         """The smallest bucket >= num_tokens, None when it is larger than every bucket."""
         return next((b for b in self.buckets if b >= num_tokens), None)
 
-    def capture_all(self, lora: bool = True) -> None:
-        """Captures every bucket's pieces now (without and, if `lora`, with LoRA) instead of on first use."""
-        for bucket in self.buckets:
-            for use_lora in (False, True) if lora else (False,):
-                if self.capture and (bucket, use_lora) not in self._graphs and (bucket, use_lora) not in self._failed:
-                    self._capture(bucket, use_lora)
-
     def forward(
         self,
         input_ids: torch.Tensor,  # [T] int64 on the device
         positions: torch.Tensor,  # [T] int64
-        slot_mapping: torch.Tensor,  # [T] int64 flat KV slots
         token_slots: torch.Tensor | None,  # [T] int32 adapter slot per token (-1 none); None: no adapter at all
-        attn: AttentionMetadata,  # the step's real tokens
+        attn: AttentionMetadata,  # the step's real tokens (and their KV slots)
         logits_indices: torch.Tensor,  # [B] int64 rows of T to sample, B <= max_rows
     ) -> torch.Tensor:  # [B, vocab] float32: a view of the static logits buffer, read it before the next step
         t, rows = input_ids.shape[0], logits_indices.shape[0]
@@ -129,11 +122,10 @@ class MixedGraphs:
             raise ValueError(f"{t} tokens / {rows} rows do not fit ({self.max_tokens} / {self.max_rows})")
         use_lora = token_slots is not None
         key = (bucket, use_lora)
-        if self.capture and key not in self._graphs and key not in self._failed:
-            self._capture(bucket, use_lora)
+        self.ensure_captured(bucket, use_lora)
         self._ids[:t].copy_(input_ids)
         self._positions[:t].copy_(positions)
-        self._slot_mapping[:t].copy_(slot_mapping)
+        self._slot_mapping[:t].copy_(attn.slot_mapping)
         self._slot_mapping[t:bucket].fill_(self.scratch_slot)
         self._rows[:rows].copy_(logits_indices)
         self._rows[rows:].zero_()

@@ -121,17 +121,17 @@ class Scheduler:
 
         # Decoding sequences first (one token each, latency-bound), then prefill chunks; admission order within.
         # Preemption takes the queue's last sequence: `end` shrinks instead of popping (O(running) per step).
-        queue, kept = sorted(self.running, key=_is_prefilling), []
-        allocator, block_size = self.allocator, self.block_size
+        queue, kept = sorted(self.running, key=lambda s: s.num_uncomputed > 1), []
+        allocator = self.allocator
         i, end = 0, len(queue)
         while i < end:
             seq = queue[i]
             i += 1
-            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            n = min(seq.num_uncomputed, budget)
             if n == 0:
                 kept.append(seq)
                 continue
-            need = -(-(seq.num_computed + n) // block_size) - len(seq.blocks)
+            need = self._blocks_for(seq.num_computed + n) - len(seq.blocks)
             while need > allocator.num_free and i < end:
                 end -= 1
                 self._preempt(queue[end])
@@ -214,7 +214,3 @@ class Scheduler:
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
-
-
-def _is_prefilling(seq: Sequence) -> bool:
-    return len(seq.token_ids) - seq.num_computed > 1
