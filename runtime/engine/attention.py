@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["AttentionMetadata", "paged_attention"]
 
@@ -122,15 +124,22 @@ def _gathered_attention(
         # lets the memory-efficient kernel run (the keys and values cost a fraction of those scores).
         keys = keys.repeat_interleave(heads // kv_heads, dim=1)
         values = values.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(
-        q_pad.transpose(1, 2),
-        keys,
-        values,
-        attn_mask=meta.causal_mask(keys.shape[2], sliding_window),
-        scale=scale,
-        enable_gqa=heads != keys.shape[1],
-    )  # [B, heads, Q, D]
+    with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(
+            q_pad.transpose(1, 2),
+            keys,
+            values,
+            attn_mask=meta.causal_mask(keys.shape[2], sliding_window),
+            scale=scale,
+            enable_gqa=heads != keys.shape[1],
+        )  # [B, heads, Q, D]
     return out.transpose(1, 2)[meta.token_seq, meta.token_index]
+
+
+# Not cuDNN's attention, which SDPA may pick on Hopper: it builds an execution plan for every new shape, tens
+# of milliseconds of host time, and a server's prefill shapes (rows, chunk and context lengths) are always new
+# (benchmarks/serving/bench_prefill_attention.py; see benchmarks/RESULTS.md).
+_CUDA_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
 def _use_kernel(q: torch.Tensor) -> bool:
