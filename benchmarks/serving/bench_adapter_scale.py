@@ -10,10 +10,11 @@ many ids, so each id is read, validated and packed like its own file), and after
 workload (--requests-per-size requests, uniform over every registered id, lengths U[--len-range]) runs
 through generate_batch. At each size: registration time, output tokens/s, the adapter cache's counters
 (device misses, host hits, disk reads, fault-in latency p50/p99), torch's allocated / peak allocated / peak
-reserved GPU memory, and the process's RSS. The device slot pool is fixed (--slots), so GPU memory should
-not move with the registry; the host tier is LRU within --cpu-cache-gb of pinned memory, so RSS should stay
-under (RSS before registering) + that budget + the registry's bookkeeping, while `unbounded_host_gib` shows
-what holding every adapter on the host would take.
+reserved GPU memory, the host tier's arena (images it may hold, images held, bytes pinned) and the process's
+RSS. The device slot pool is fixed (--slots), so GPU memory should not move with the registry; the host tier
+is an LRU arena within --cpu-cache-gb of pinned memory (plus two spare images for disk reads), so RSS should
+stay under (RSS before registering) + that budget + the registry's bookkeeping, while `unbounded_host_gib`
+shows what holding every adapter on the host would take.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from bench_serving import (
     write_adapters,
 )
 from loraledger.runtime.engine import Engine
+
+HOST_TIER_KEYS = ("host_capacity_images", "host_used_images", "host_image_bytes", "host_pinned_bytes")
 
 
 def main() -> None:
@@ -124,6 +127,7 @@ def main() -> None:
                 "serve_s": served["elapsed_s"],
                 "requests": served["requests"],
                 "adapters": stat_delta(before, after),
+                "host_tier": {k: after[k] for k in HOST_TIER_KEYS},  # gauges: as they are after the window
                 "host_rss_gib": host_rss_gib(),
                 "unbounded_host_gib": size * adapter_bytes / 2**30,
                 **gpu_memory(args.device),
@@ -132,6 +136,7 @@ def main() -> None:
             report["sizes"].append(row)
             print(f"{size:>6} adapters: register {register_s:.1f} s, {served['output_tokens_per_s']:.0f} tok/s, "
                   f"RSS {row['host_rss_gib']:.2f} GiB (all on host would be {row['unbounded_host_gib']:.2f}), "
+                  f"pinned {after['host_pinned_bytes'] / 2**30:.2f} GiB, "
                   f"GPU alloc {row.get('gpu_allocated_gib', 0):.2f} / peak reserved "
                   f"{row.get('gpu_max_reserved_gib', 0):.2f} GiB", flush=True)  # fmt: skip
             save(report, args.json)

@@ -1,6 +1,7 @@
-"""LoRA adapters: PEFT-format loading and validation, the device slot pool, and the tiered cache."""
+"""LoRA adapters: PEFT-format loading and validation, the device slot pool, the host arena and the tiered cache."""
 
-from .cache import AdapterCache, AdapterLoadError, CacheStats, UnknownAdapterError
+from .cache import AdapterCache, AdapterLoadError, CacheStats, HostBudgetFullError, UnknownAdapterError
+from .host_arena import HostArena, HostBlock, ReleasedBlockError
 from .peft_format import (
     AdapterSpec,
     InvalidAdapterError,
@@ -15,9 +16,13 @@ __all__ = [
     "AdapterLoadError",
     "AdapterSpec",
     "CacheStats",
+    "HostArena",
+    "HostBlock",
+    "HostBudgetFullError",
     "InvalidAdapterError",
     "LoRAWeights",
     "PackedAdapter",
+    "ReleasedBlockError",
     "SlotPool",
     "UnknownAdapterError",
     "adapter_from_tensors",

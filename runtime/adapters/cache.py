@@ -2,13 +2,19 @@
 
 Tiers:
     device   the SlotPool (fixed size); a slot is evictable when no running request holds it and it is not pinned
-    host     PackedAdapter images (pinned memory on CUDA), LRU within `cpu_budget_bytes`; adapters given as
-             in-memory tensors have no disk copy and stay here whatever the budget
+    host     PackedAdapter images in the blocks of one HostArena (page-locked on CUDA), LRU; the budget is
+             cpu_budget_bytes // the image's bytes blocks, counted as they are taken and freed. Adapters given
+             as in-memory tensors have no disk copy: they keep their block until removed, and registering one
+             when no block can be freed raises HostBudgetFullError. Beyond the budget the arena has
+             _SPARE_IMAGES blocks for disk reads alone, taken when nothing can be evicted (a budget of 0, or
+             one full of in-memory adapters) and freed again once their image's copy is done.
     disk     the adapter folder, read and validated again when it faults back in
 
 Loads never block the step: a disk read runs on a worker thread, the host→device copy (one copy_ of the
 slot's whole image, see SlotPool) on a side CUDA stream; `poll()` (called by the engine each step) moves
-finished loads along. CacheStats keeps the two tiers' latencies apart. All public methods are thread-safe.
+finished loads along. A host image is never evicted or freed while its host→device copy is in flight (the
+DMA reads its block), not even when its adapter is removed. CacheStats keeps the two tiers' latencies apart.
+All public methods are thread-safe.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .host_arena import HostBlock
 from .peft_format import (
     AdapterSpec,
     InvalidAdapterError,
@@ -33,7 +40,11 @@ from .slots import PackedAdapter, SlotPool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdapterCache", "AdapterLoadError", "CacheStats", "UnknownAdapterError"]
+__all__ = ["AdapterCache", "AdapterLoadError", "CacheStats", "HostBudgetFullError", "UnknownAdapterError"]
+
+# Host blocks beyond the budget, for disk reads only: one being read and packed on the loader thread, one
+# being copied to the device, so reads and copies still overlap when the budget has nothing to evict.
+_SPARE_IMAGES = 2
 
 
 class UnknownAdapterError(KeyError):
@@ -43,6 +54,10 @@ class UnknownAdapterError(KeyError):
 
 class AdapterLoadError(RuntimeError):
     """A registered adapter failed to fault back in (e.g. its file changed on disk and no longer validates)."""
+
+
+class HostBudgetFullError(RuntimeError):
+    """An in-memory adapter was not registered: every block of the CPU tier's budget holds an image it cannot drop."""
 
 
 def _percentile(values, q: float) -> float | None:
@@ -105,7 +120,7 @@ class CacheStats:
 class _Entry:
     adapter_id: str
     path: Path | None  # None: given in memory, never leaves the host tier
-    packed: PackedAdapter | None = None
+    packed: PackedAdapter | None = None  # the host image; in _host_lru when it has a path
     slot: int | None = None
     copy_event: torch.cuda.Event | None = None  # set while the host→device copy is in flight (its end)
     copy_start: torch.cuda.Event | None = None  # recorded before the copy, to time it
@@ -134,7 +149,12 @@ class AdapterCache:
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._retiring: dict[str, _Entry] = {}  # removed while running requests still hold their slot
+        # The host tier: images with a disk copy, least recently used first (in-memory adapters are not in
+        # it: they never leave). The arena counts the blocks in use, so the budget is never summed.
+        self.host_capacity_images = cpu_budget_bytes // pool.host_image_bytes
+        self._arena = pool.host_arena(self.host_capacity_images + _SPARE_IMAGES, pin_memory=self._cuda)
         self._host_lru: OrderedDict[str, _Entry] = OrderedDict()
+        self._orphans: list[_Entry] = []  # removed while their read or copy was in flight: freed by poll()
         self._device_lru: OrderedDict[str, _Entry] = OrderedDict()  # resident, unreferenced, unpinned
         self._slot_owner: list[_Entry | None] = [None] * pool.num_slots
         self._wanted: set[str] = set()  # adapters of queued requests: never evicted to make room for a load
@@ -152,7 +172,10 @@ class AdapterCache:
     ) -> None:
         """Registers an adapter from a PEFT folder or from (config, state dict); validates it now.
 
-        Raises InvalidAdapterError (and registers nothing) when the adapter does not validate.
+        Its image goes to the host tier, evicting the least recently used image with a disk copy if the
+        budget is full. An adapter from a folder that finds nothing to evict is registered without an image
+        (its first load reads the disk). Raises InvalidAdapterError when the adapter does not validate, and
+        HostBudgetFullError for in-memory tensors that find no block; either way it registers nothing.
         """
         if (path is None) == (tensors is None) or (tensors is not None and config is None):
             raise ValueError("give either a path or both config and tensors")
@@ -160,14 +183,29 @@ class AdapterCache:
             weights = read_peft_adapter(path, self.spec)
         else:
             weights = adapter_from_tensors(config, tensors, self.spec, source=f"<adapter {adapter_id}>")
-        packed = self.pool.pack(weights, pin_memory=self._cuda)
         with self._lock:
-            if adapter_id in self._entries or adapter_id in self._retiring:
-                raise ValueError(f"adapter {adapter_id!r} is already registered")
+            self._check_unregistered(adapter_id)
+            block = self._take_block(spare=False)
+            if block is None and path is None:
+                raise self._budget_full_error(adapter_id)
+        packed = None
+        if block is not None:  # packed outside the lock: registrations on several threads pack in parallel
+            try:
+                packed = self.pool.pack_into(weights, block)
+            except BaseException:
+                self._arena.free(block)
+                raise
+        with self._lock:
+            try:
+                self._check_unregistered(adapter_id)
+            except ValueError:
+                if packed is not None:
+                    packed.release()
+                raise
             entry = _Entry(adapter_id, None if path is None else Path(path), packed=packed)
             self._entries[adapter_id] = entry
-            self._host_lru[adapter_id] = entry
-            self._trim_host()
+            if packed is not None and entry.path is not None:
+                self._host_lru[adapter_id] = entry
 
     def remove(self, adapter_id: str) -> None:
         """Unregisters an adapter; running requests that use it finish first, waiting ones fail."""
@@ -177,7 +215,10 @@ class AdapterCache:
             entry.removed = True
             self._host_lru.pop(adapter_id, None)
             self._device_lru.pop(adapter_id, None)
-            entry.packed = None
+            if entry.reading is not None or entry.copy_event is not None:
+                self._orphans.append(entry)  # its block is read (or written) until then
+            else:
+                self._release_image(entry)
             if entry.refs > 0:
                 self._retiring[adapter_id] = entry
             else:
@@ -212,9 +253,17 @@ class AdapterCache:
                 self._device_lru[adapter_id] = entry
 
     def stats_snapshot(self) -> dict:
-        """The counters as a dict (safe to call from any thread)."""
+        """The counters, and the host tier's blocks (images the budget holds, spare ones for disk reads, in
+        use now, and the bytes the arena has mapped: page-locked on CUDA), as a dict (safe from any thread)."""
         with self._lock:
-            return self.stats.snapshot()
+            return {
+                **self.stats.snapshot(),
+                "host_capacity_images": self.host_capacity_images,
+                "host_spare_images": _SPARE_IMAGES,
+                "host_used_images": self._arena.used_blocks,
+                "host_image_bytes": self._arena.block_bytes,
+                "host_pinned_bytes": self._arena.reserved_bytes,
+            }
 
     def is_resident(self, adapter_id: str) -> bool:
         with self._lock:
@@ -275,6 +324,8 @@ class AdapterCache:
                     self._finish_read(entry)
                 if entry.copy_event is not None and entry.copy_event.query():
                     self._finish_copy(entry, entry.copy_start.elapsed_time(entry.copy_event) / 1e3)
+            if self._orphans:
+                self._free_orphans()
 
     def loads_in_flight(self) -> bool:
         with self._lock:
@@ -291,7 +342,11 @@ class AdapterCache:
             concurrent.futures.wait(reads, timeout=timeout_s, return_when=concurrent.futures.FIRST_COMPLETED)
 
     def close(self) -> None:
+        """Stops the loader and unpins the host tier; the cache is done."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._cuda:
+            self._stream.synchronize()  # no copy may read a block once it is unpinned
+        self._arena.close()
 
     # --- internals (lock held) ----------------------------------------------------------------------
 
@@ -301,8 +356,27 @@ class AdapterCache:
             raise UnknownAdapterError(adapter_id)
         return entry
 
+    def _check_unregistered(self, adapter_id: str) -> None:
+        if adapter_id in self._entries or adapter_id in self._retiring:
+            raise ValueError(f"adapter {adapter_id!r} is already registered")
+
+    def _budget_full_error(self, adapter_id: str) -> HostBudgetFullError:
+        capacity, in_memory = self.host_capacity_images, sum(e.path is None for e in self._entries.values())
+        state = (
+            "is full of in-memory adapters, which never leave the host tier"
+            if in_memory >= capacity
+            else f"has no free block: {in_memory} hold in-memory adapters, which never leave the host tier, and "
+            f"{capacity - in_memory} are busy with loads or registrations (try again)"
+        )
+        return HostBudgetFullError(
+            f"adapter {adapter_id!r} was not registered: the CPU adapter budget ({capacity} images of "
+            f"{self._arena.block_bytes} bytes, cpu_budget_bytes={self.cpu_budget_bytes}) {state}. Remove an "
+            "in-memory adapter, register adapters from a folder, or raise the budget."
+        )
+
     def _request_load(self, entry: _Entry) -> bool:
-        """Starts (or continues) bringing an entry to a slot; False when no slot can be had now."""
+        """Starts (or continues) bringing an entry to a slot; False when no slot (or, for a disk read, no host
+        block) can be had now."""
         if entry.reading is not None or entry.slot is not None:
             return True
         if entry.miss_time is None:
@@ -310,16 +384,25 @@ class AdapterCache:
             entry.miss_time = time.perf_counter()
             entry.from_disk = False
         if entry.packed is not None:
-            self._host_lru.move_to_end(entry.adapter_id)
+            if entry.path is not None:
+                self._host_lru.move_to_end(entry.adapter_id)
             return self._start_copy(entry)
+        block = self._take_block(spare=True)
+        if block is None:
+            return False  # every block is mid-copy or holds an in-memory adapter: the next prefetch() tries again
         self.stats.disk_reads += 1
         entry.from_disk = True
-        entry.reading = self._executor.submit(self._read, entry.path)
+        entry.reading = self._executor.submit(self._read, entry.path, block)
         return True
 
-    def _read(self, path: Path) -> tuple[PackedAdapter, float]:
+    def _read(self, path: Path, block: HostBlock) -> tuple[PackedAdapter, float]:
+        """On the loader thread: read, validate and pack into `block` (given back if any of it fails)."""
         start = time.perf_counter()
-        packed = self.pool.pack(read_peft_adapter(path, self.spec), pin_memory=self._cuda)
+        try:
+            packed = self.pool.pack_into(read_peft_adapter(path, self.spec), block)
+        except BaseException:
+            self._arena.free(block)
+            raise
         return packed, time.perf_counter() - start
 
     def _finish_read(self, entry: _Entry) -> None:
@@ -372,6 +455,7 @@ class AdapterCache:
         entry.miss_time = None
         if entry.refs == 0 and not entry.pinned:
             self._device_lru[entry.adapter_id] = entry
+        self._trim_host()  # the image may be evicted now that no copy reads it
 
     def _take_slot(self) -> int | None:
         for slot, owner in enumerate(self._slot_owner):
@@ -393,14 +477,50 @@ class AdapterCache:
             entry.slot = None
 
     def _trim_host(self) -> None:
-        """Drops host images (LRU first) past the budget; never one without a disk copy or mid-copy."""
-        used = sum(e.packed.nbytes for e in self._host_lru.values())
-        for adapter_id, entry in list(self._host_lru.items()):
-            if used <= self.cpu_budget_bytes:
-                break
-            if entry.path is None or entry.copy_event is not None:
-                continue
-            used -= entry.packed.nbytes
+        """Drops host images (LRU first) while more blocks are in use than the budget holds (spare blocks
+        taken by disk reads come back here, once their copies are done)."""
+        while self._arena.used_blocks > self.host_capacity_images and self._evict_host_image():
+            pass
+
+    def _take_block(self, *, spare: bool) -> HostBlock | None:
+        """A host block within the budget, evicting the LRU image if it is full; with `spare` (disk reads)
+        one of the spare blocks when nothing can be evicted. None when there is none."""
+        arena = self._arena
+        if (
+            arena.used_blocks < self.host_capacity_images
+            or self._evict_host_image()
+            or (spare and arena.used_blocks < arena.capacity_blocks)
+        ):
+            return arena.alloc()
+        return None
+
+    def _evict_host_image(self) -> bool:
+        """Frees the least recently used host image whose copy is not in flight; False when there is none.
+        The host LRU holds only images with a disk copy, so only copies in flight are skipped."""
+        victim = next((e for e in self._host_lru.values() if e.copy_event is None), None)
+        if victim is None:
+            return False
+        del self._host_lru[victim.adapter_id]
+        self._release_image(victim)
+        self.stats.host_evictions += 1
+        return True
+
+    def _release_image(self, entry: _Entry) -> None:
+        if entry.packed is not None:
+            entry.packed.release()
             entry.packed = None
-            del self._host_lru[adapter_id]
-            self.stats.host_evictions += 1
+
+    def _free_orphans(self) -> None:
+        """Frees the blocks of removed adapters whose read or copy has finished since."""
+        for entry in list(self._orphans):
+            if entry.reading is not None and entry.reading.done():
+                future, entry.reading = entry.reading, None
+                try:
+                    entry.packed, _ = future.result()
+                except InvalidAdapterError as e:  # the read gave its block back; the adapter is gone anyway
+                    logger.info("removed adapter %r failed to load: %s", entry.adapter_id, e)
+            if entry.copy_event is not None and entry.copy_event.query():
+                entry.copy_event = entry.copy_start = None
+            if entry.reading is None and entry.copy_event is None:
+                self._orphans.remove(entry)
+                self._release_image(entry)

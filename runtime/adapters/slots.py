@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .host_arena import BLOCK_ALIGN_BYTES, CHUNK_BYTES, HostArena, HostBlock, ReleasedBlockError
 from .peft_format import LoRAWeights
 
 __all__ = ["PackedAdapter", "SlotPool"]
 
 # Each projection's A and B block starts on this boundary inside a slot's image (and the slot stride is a
-# multiple of it), so every view the kernels read is as aligned as a freshly allocated tensor would be.
-_ALIGN_BYTES = 256
+# multiple of it), so every view the kernels read is as aligned as a freshly allocated tensor would be. The
+# host arena's blocks are aligned the same way.
+_ALIGN_BYTES = BLOCK_ALIGN_BYTES
 
 
-@dataclass(frozen=True)
 class PackedAdapter:
-    """An adapter laid out exactly like one slot's image (host side, pinned on CUDA): the CPU tier holds these.
+    """An adapter laid out exactly like one slot's image, in a block of a HostArena: the CPU tier holds these.
 
     The image is padded to the pool's max rank (zeros past each module's rank), so a load copies the whole
-    slot however small the adapter's rank: one large copy beats many small ones over PCIe.
+    slot however small the adapter's rank: one large copy beats many small ones over PCIe. release() gives
+    the block back to its arena; after that, reading the adapter or releasing it again raises
+    ReleasedBlockError (views taken earlier are not guarded: the cache takes them only to copy).
     """
 
-    flat: torch.Tensor  # [slot_elems] in the pool's dtype
-    ranks: torch.Tensor  # [L, P] int32, 0 where the adapter has no weights
-    rank: int  # the largest rank of the adapter
+    __slots__ = ("_block", "_flat", "_ranks", "rank")
+
+    def __init__(self, block: HostBlock, flat: torch.Tensor, ranks: torch.Tensor, rank: int):
+        self._block = block
+        self._flat = flat
+        self._ranks = ranks
+        self.rank = rank  # the largest rank of the adapter
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """[slot_elems] in the pool's dtype."""
+        self._check_alive()
+        return self._flat
+
+    @property
+    def ranks(self) -> torch.Tensor:
+        """[L, P] int32, 0 where the adapter has no weights."""
+        self._check_alive()
+        return self._ranks
 
     @property
     def nbytes(self) -> int:
-        return self.flat.nbytes + self.ranks.nbytes
+        return self._block.arena.block_bytes
+
+    @property
+    def released(self) -> bool:
+        return self._block.released
+
+    def release(self) -> None:
+        """Gives the image's block back to its arena (nothing may read the image after, a DMA included)."""
+        self._block.arena.free(self._block)
+
+    def _check_alive(self) -> None:
+        if self._block.released:
+            raise ReleasedBlockError("this adapter's host image was released (its block may hold another image now)")
 
 
 class SlotPool:
@@ -89,18 +118,43 @@ class SlotPool:
     def nbytes(self) -> int:
         return self.slots.nbytes
 
-    def pack(self, weights: LoRAWeights, *, pin_memory: bool) -> PackedAdapter:
-        """The host-side image of one slot, so that loading it is one copy (plus the ranks)."""
-        flat = torch.zeros(self.slot_elems, dtype=self.dtype, pin_memory=pin_memory)
+    @property
+    def host_image_bytes(self) -> int:
+        """One host image: the slot's image, then its ranks table [L, P] int32 (see host_views)."""
+        return self.slot_bytes + _align_up(self.num_layers * len(self.projections) * 4, _ALIGN_BYTES)
+
+    def host_arena(self, capacity_images: int, *, pin_memory: bool, chunk_bytes: int = CHUNK_BYTES) -> HostArena:
+        """An arena whose blocks each hold one host image of this pool."""
+        return HostArena(self.host_image_bytes, capacity_images, pin_memory=pin_memory, chunk_bytes=chunk_bytes)
+
+    def host_views(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image [slot_elems] in the pool's dtype, ranks [L, P] int32) of a host block data [host_image_bytes].
+
+        The ranks share the image's block rather than being a tensor of their own: one allocation per
+        image would bring back a pinned allocation per registered adapter, and the arena's byte count would
+        no longer be everything the host tier holds.
+        """
+        flat = data[: self.slot_bytes].view(self.dtype)
+        ranks = data[self.slot_bytes : self.slot_bytes + self.num_layers * len(self.projections) * 4]
+        return flat, ranks.view(torch.int32).view(self.num_layers, len(self.projections))
+
+    def pack_into(self, weights: LoRAWeights, block: HostBlock) -> PackedAdapter:
+        """Writes the host-side image of one slot into `block`, so that loading it is one copy (plus the ranks)."""
+        data = block.data
+        data.zero_()  # a recycled block holds an earlier image: everything past each module's rank must be 0
+        flat, ranks = self.host_views(data)
         views = self.image_views(flat)
-        ranks = torch.zeros(self.num_layers, len(self.projections), dtype=torch.int32, pin_memory=pin_memory)
         for (layer, name), (a, b, scale) in weights.modules.items():
             a_view, b_view = views[name]  # [L, R, K], [L, N, R]
             r = a.shape[0]
             a_view[layer, :r] = a
             b_view[layer, :, :r] = b.float() * scale
             ranks[layer, self.projections.index(name)] = r
-        return PackedAdapter(flat, ranks, weights.max_rank)
+        return PackedAdapter(block, flat, ranks, weights.max_rank)
+
+    def pack(self, weights: LoRAWeights, *, pin_memory: bool) -> PackedAdapter:
+        """A host image of its own (a one-image arena), for callers without a cache: tests and benchmarks."""
+        return self.pack_into(weights, self.host_arena(1, pin_memory=pin_memory).alloc())
 
     def slot_image(self, slot: int) -> torch.Tensor:
         """Slot `slot`'s whole image [slot_elems], a contiguous view of the pool."""
@@ -133,7 +187,7 @@ def _layout(
     align = max(1, _ALIGN_BYTES // itemsize)
 
     def up(n: int) -> int:
-        return -(-n // align) * align
+        return _align_up(n, align)
 
     offsets, pos = {}, 0
     for name, (k, n) in projection_shapes.items():
@@ -142,3 +196,7 @@ def _layout(
         pos = up(b_off + num_layers * n * max_rank)
         offsets[name] = (a_off, b_off)
     return offsets, max(pos, align)
+
+
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align

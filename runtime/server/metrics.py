@@ -40,7 +40,8 @@ class Metrics:
         for counter in ("device_hits", "device_misses", "host_hits", "disk_reads", "device_evictions",
                         "host_evictions", "load_latency_p50_s", "load_latency_p99_s", "host_load_latency_p50_s",
                         "host_load_latency_p99_s", "disk_load_latency_p50_s", "disk_load_latency_p99_s",
-                        "copy_p99_s", "copy_gb_per_s"):  # fmt: skip
+                        "copy_p99_s", "copy_gb_per_s", "host_capacity_images", "host_used_images",
+                        "host_pinned_bytes"):  # fmt: skip
             self.adapter_cache.labels(counter=counter).set_function(
                 lambda c=counter: float(engine_stats()["adapters"].get(c) or 0)
             )

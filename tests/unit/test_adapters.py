@@ -375,8 +375,8 @@ def test_packed_adapter_is_one_slot_image_with_scale_folded_and_zero_padding():
 def test_host_tier_load_evict_reload_gives_identical_slot_and_counts_host_hits():
     from loraledger.runtime.adapters import AdapterCache
 
-    pool = _pool(num_slots=1)
-    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=0, device=torch.device("cpu"))
+    pool = _pool(num_slots=1)  # in-memory adapters never leave the host tier: the budget holds both
+    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=2 * pool.host_image_bytes, device=torch.device("cpu"))
     targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
     cache.add("a", config={"r": 8, "target_modules": targets}, tensors=_peft_tensors(8, targets, seed=1))
     cache.add("b", config={"r": 2, "target_modules": ["v_proj"]}, tensors=_peft_tensors(2, ["v_proj"], seed=2))
