@@ -16,6 +16,7 @@ __all__ = [
     "hopper_sgmv_config",
     "prefers_fused",
     "sgmv_config",
+    "shrink_stages",
 ]
 
 
@@ -68,17 +69,24 @@ _Table = tuple[tuple[int, SgmvConfig], ...]
 # one adapter) 28 chunks of 512 took 0.74-1.02x the time of 14 of 1024 over T = 1/16/64 and r = 8/16/64; at
 # T = 256 with n <= 8 (<= 23 tiles) 0.91-0.97x; at T <= 64 with n >= 8 0.82-1.11x (no rule). K = 4096 keeps
 # its chunks (16 of 256, 8 of 512) either way.
+# Many adapters per batch (benchmarks/kernels/sweep_sgmv.py, H100, 2026-11-23: one field at a time around the
+# previous table, then the helpful ones combined; scored by the geometric mean over distinct-adapter and
+# one/eight-adapter cases of the bucket): T <= 64 takes K chunks of 512, two shrink warps and four stages
+# (0.89x the previous table's time: T = 64 with 64 adapters qo 21.6 -> 18.0 us, up 38.6 -> 32.9, down
+# 37.9 -> 32.7; one adapter 9.6 -> 9.1); T <= 256 expands 512-column blocks, one per work item (0.95x:
+# T = 256 with 8 adapters qo 16.2 -> 13.5, down 19.5 -> 17.1; with 256, up 84.2 -> 82.9). No other field
+# moved T <= 1024 by more than 2%.
 # coop (one cooperative launch, kernels/sgmv_coop.py) is off: in the same run (an earlier barrier) it was slower
 # than two launches with PDL in 97 of the 108 small-floor decode cases (geometric mean 1.30x, up to 2.2x where
 # programs walk many work items; faster only at T = 1, n = 1, r = 16 and for `kv` at T = 256, where its
 # narrower expand items win). The final barrier (arrival before the expand's prefetch, relaxed start read),
 # on `kv`/`qo` only: 0.87-0.99x at T = 1 (6 cases), 1.07-1.49x at T = 16 and 64 (26 cases).
 _SM90: _Table = (
-    (64, SgmvConfig(block_t=16, k_chunk=256, max_splits=16, few_tiles=4, few_tiles_max_splits=28, block_k=256,
-                    shrink_warps=8, shrink_stages=2, block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8,
+    (64, SgmvConfig(block_t=16, k_chunk=512, max_splits=16, few_tiles=4, few_tiles_max_splits=28, block_k=256,
+                    shrink_warps=2, shrink_stages=4, block_n=256, n_blocks=1, expand_warps=8, programs_per_sm=8,
                     pdl=True, coop=False)),
     (256, SgmvConfig(block_t=16, k_chunk=512, max_splits=16, few_tiles=23, few_tiles_max_splits=28, block_k=128,
-                     shrink_warps=4, shrink_stages=2, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8,
+                     shrink_warps=4, shrink_stages=2, block_n=512, n_blocks=1, expand_warps=4, programs_per_sm=8,
                      pdl=True, coop=False)),
     (1024, SgmvConfig(block_t=16, k_chunk=1024, max_splits=16, few_tiles=0, few_tiles_max_splits=16, block_k=128,
                       shrink_warps=4, shrink_stages=3, block_n=128, n_blocks=4, expand_warps=4, programs_per_sm=8,
@@ -202,6 +210,18 @@ def _bucket(table: _Table, num_tokens: int) -> SgmvConfig:
         if num_tokens <= t_max:
             return cfg
     raise AssertionError("the last bucket takes every T")
+
+
+# Shared memory a shrink program's software pipeline may take: Triton keeps stages - 1 tiles of x and A
+# ([block_t + block_r, block_k] elements) in flight, and Hopper gives a program at most 227 KiB.
+_SHRINK_PIPELINE_BYTES = 160 << 10
+
+
+def shrink_stages(cfg: SgmvConfig, block_t: int, block_r: int, block_k: int, element_size: int) -> int:
+    """The table's shrink pipeline depth, less where its tiles would not fit in shared memory (fp32 inputs
+    with a large padded rank: 4 stages of [16 + 64, 256] fp32 tiles need 240 KiB)."""
+    tile = (block_t + block_r) * block_k * element_size
+    return max(1, min(cfg.shrink_stages, 1 + _SHRINK_PIPELINE_BYTES // tile))
 
 
 def block_t_for(num_tokens: int, device: torch.device) -> int:

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import SgmvConfig, num_sms
+from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
 from .sgmv_expand import _sum_splits, split_group
 from .sgmv_shrink import _shrink_item, split_plan
@@ -336,7 +336,7 @@ def sgmv_coop(
         BLOCK_K=block_k,
         R_VEC=16 // b0.element_size(),
         BLOCK_N=block_n,
-        STAGES=cfg.shrink_stages,
+        STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
         BARRIER_SPAN=BARRIER_SPAN,
         CUDA=x.is_cuda,

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import SgmvConfig, num_sms
+from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
 
 __all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
@@ -210,7 +210,7 @@ def sgmv_shrink(
         BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
-        STAGES=cfg.shrink_stages,
+        STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
         LAUNCH_DEPENDENTS=pdl,
         num_warps=cfg.shrink_warps,

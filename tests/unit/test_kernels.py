@@ -195,3 +195,20 @@ def test_dispatch_rule_reads_host_sizes_only() -> None:
     assert not prefers_fused(interpreter, 65, 5, 16, (96,), 128, 16, 4)  # T past max_tokens
     assert not prefers_fused(interpreter, 16, 0, 16, (96,), 128, 16, 4)  # no tiles
     assert not prefers_fused(interpreter, 16, 2, 16, (96,), 1 << 16, 16, 4)  # one program's K walk too long
+
+
+def test_shrink_pipeline_depth_fits_shared_memory() -> None:
+    from loraledger.kernels.configs import hopper_sgmv_config, shrink_stages
+
+    cfg = hopper_sgmv_config(64)  # four stages of [16 + R, 256] tiles
+    assert shrink_stages(cfg, 16, 16, 256, 2) == cfg.shrink_stages == 4  # bf16, rank 16: 16 KiB a tile
+    # fp32 at a padded rank of 64: 80 KiB a tile; Triton keeps stages - 1 of them, and 240 KiB did not fit on an H100
+    assert shrink_stages(cfg, 16, 64, 256, 4) == 3
+    assert shrink_stages(cfg, 64, 512, 1024, 4) == 1  # never below one stage
+    for t in (1, 64, 256, 1024, 4096):
+        c = hopper_sgmv_config(t)
+        for block_r in (16, 32, 64):
+            for elem in (2, 4):
+                stages = shrink_stages(c, c.block_t, block_r, c.block_k, elem)
+                assert 1 <= stages <= c.shrink_stages
+                assert (stages - 1) * (c.block_t + block_r) * c.block_k * elem <= 160 << 10
