@@ -70,6 +70,59 @@ elif [[ "${PART}" == 4 ]]; then
     head -45 "$OUT/profile_slora.log"
     run serving_slora 220 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
+elif [[ "${PART}" == 7 ]]; then  # the SGMV config sweep (kernels/configs.py): compile in 8 processes, then time
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_sgmv.py --compile-only --shard $i/8) >"/tmp/sweep_compile_$i.log" 2>&1 &
+    done
+    wait
+    cat /tmp/sweep_compile_*.log | tail -n 5
+    (cd benchmarks/kernels && run sweep 300 $PY sweep_sgmv.py --out "$OUT/sweep")
+    cat "$OUT/sweep.log"
+elif [[ "${PART}" == 8 ]]; then  # the stack-sampled S-LoRA window; transformers+PEFT side by side
+    run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"
+    $PY -c "import json, sys; [print(n, c) for n, c in json.load(open(sys.argv[1]))['lora']['engine_stacks'][:25]]" \
+        "$OUT/serving_stacks.json"
+    run serving_hf 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --no-online --baselines hf --hf-requests 64 --hf-batch 16 --hf-max-s 30 --json "$OUT/serving_hf.json"
+elif [[ "${PART}" == 9 ]]; then  # the 8B decode step; the full-depth 100 -> 5,000 adapter run
+    run decode_step_8b 200 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
+        --steps 10 --replays 30 --json "$OUT/decode_step_8b.json"
+    run adapter_scale_full 200 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
+        --sizes 100 1000 5000 --slots 64 --cpu-cache-gb 2 --json "$OUT/adapter_scale_full.json"
+elif [[ "${PART}" == 10 ]]; then  # prefill attention per SDPA backend; kernel GPU tests; the S-LoRA window
+    run prefill_attention 120 $PY $B/bench_prefill_attention.py --json "$OUT/prefill_attention.json"
+    cat "$OUT/prefill_attention.log"
+    run tests_kernels 260 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py
+    tail -n 3 "$OUT/tests_kernels.log"
+    run serving_slora 220 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
+elif [[ "${PART}" == 11 ]]; then  # kernel GPU tests; the SDPA backend A/B in serving; the 8B decode step; ncu
+    run tests_kernels 200 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py
+    tail -n 3 "$OUT/tests_kernels.log"
+    run serving_slora_fixed 130 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 20 --drain-s 5 --baselines none --json "$OUT/serving_slora_fixed.json"
+    cp runtime/engine/attention.py /tmp/attention.py.bak
+    sed -i 's/with sdpa_kernel(_CUDA_SDPA_BACKENDS) if q.is_cuda else/with/' runtime/engine/attention.py
+    grep -n "        out = F.scaled_dot_product_attention" -B1 runtime/engine/attention.py
+    run serving_slora_default_sdpa 130 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 \
+        --slots 64 --rate 40 --duration 20 --drain-s 5 --baselines none --json "$OUT/serving_slora_default_sdpa.json"
+    cp /tmp/attention.py.bak runtime/engine/attention.py
+    run decode_step_8b 160 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
+        --steps 10 --replays 30 --json "$OUT/decode_step_8b.json"
+    (cd benchmarks/kernels && timeout 100 ncu --kernel-name regex:_sgmv --launch-skip 6 --launch-count 6 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis $PY profile_distinct.py) >"$OUT/ncu_distinct.log" 2>&1
+    grep -E "_sgmv|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Warp Cycles Per Issued|Stall|Grid Size|Block Size|Waves" "$OUT/ncu_distinct.log" | head -120
+elif [[ "${PART}" == 12 ]]; then  # the full-depth 100 -> 5,000 adapter run (host arena); the SGMV sweep again
+    run adapter_scale_full 260 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
+        --sizes 100 1000 5000 --slots 64 --cpu-cache-gb 2 --json "$OUT/adapter_scale_full.json"
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_sgmv.py --compile-only --shard $i/8) >"/tmp/sweep_compile_$i.log" 2>&1 &
+    done
+    wait
+    (cd benchmarks/kernels && run sweep 250 $PY sweep_sgmv.py --out "$OUT/sweep")
+    cat "$OUT/sweep.log"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what this one's budget did not reach
     run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"
