@@ -210,3 +210,62 @@ def test_every_table_config_runs_two_launches_without_pdl() -> None:
         sgmv(y_pdl, *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=True))
         sgmv(inp["y"], *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=False))
         torch.testing.assert_close(y_pdl, inp["y"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("t", [1, 64, 200, 1000])
+def test_lora_linear_fused_on_a_side_stream_eagerly_and_in_a_graph(t: int) -> None:
+    """kernels.lora_linear_fused with a side stream: base(x) on the current stream, the shrink beside it, the
+    expand after both. Eagerly and captured in a CUDA graph replayed over new batches, y = x @ W.T + the
+    float64 LoRA delta; and no host sync."""
+    from loraledger.kernels import LoraMeta, lora_apply_fused_ref, lora_linear_fused
+
+    case = Case("side", t, 2048, (2048, 512, 512), 24, 16, "random")
+    static = cases.make_inputs(case, torch.bfloat16, "cuda", torch.Generator().manual_seed(40 + t))
+    for w in (*static["lora_a"], *static["lora_b"]):  # new batches use other slots: finite weights everywhere
+        torch.nan_to_num_(w, nan=0.25)
+    weight = torch.randn(3072, 2048, device="cuda", dtype=torch.bfloat16) * 2048**-0.5
+    meta = LoraMeta(t, "cuda")
+    side = torch.cuda.Stream()
+    out = {}
+    args = ("lora_a", "lora_b", "ranks", "scales", "token_slots")
+
+    def step() -> None:
+        meta.build(static["token_slots"])
+        out["y"] = lora_linear_fused(lambda x: x @ weight.T, static["x"], *(static[k] for k in args), meta=meta,
+                                     stream=side)
+
+    def check() -> None:
+        ref = static["x"].double().cpu() @ weight.double().cpu().T
+        lora_apply_fused_ref(
+            ref,
+            static["x"].double().cpu(),
+            tuple(a.double().cpu() for a in static["lora_a"]),
+            tuple(b.double().cpu() for b in static["lora_b"]),
+            static["ranks"].cpu(),
+            static["scales"].double().cpu(),
+            static["token_slots"].cpu(),
+        )
+        base = static["x"].double().cpu() @ weight.double().cpu().T
+        err = (out["y"].double().cpu() - ref).norm() / (ref - base).norm()
+        # bf16 output: the base product's rounding is part of the error, so the bound is the base's own
+        base_err = ((static["x"] @ weight.T).double().cpu() - base).norm() / (ref - base).norm()
+        assert err <= 1.5 * base_err + cases.TOLERANCE[torch.bfloat16], (float(err), float(base_err))
+
+    step()  # eager (also compiles)
+    torch.cuda.synchronize()
+    check()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for seed in range(4):
+        fresh = cases.make_inputs(case, torch.bfloat16, "cuda", torch.Generator().manual_seed(500 + seed))
+        for k in ("x", "token_slots"):
+            static[k].copy_(fresh[k])
+        graph.replay()
+        torch.cuda.synchronize()
+        check()
