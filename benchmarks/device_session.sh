@@ -129,15 +129,6 @@ elif [[ "${PART}" == 13 ]]; then  # the S-LoRA window at Llama-3-8B dimensions; 
     tail -n 5 "$OUT/serving_slora_8b.log"
     (cd benchmarks/kernels && run sgmv_anchors 240 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     grep -E "^\[" "$OUT/sgmv_anchors.log" | tail -n 25
-elif [[ "${PART}" == 14 ]]; then  # GPU tests; the 8B decode step with the LoRA shrink beside the base matmul or not
-    timeout 230 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
-    run tests_engine 230 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
-    wait
-    tail -n 3 "$OUT/tests_engine.log" "$OUT/tests_kernels.log"
-    run decode_step_8b_side 150 $PY $B/bench_decode_step.py --preset llama-3-8b --settings slora punica --batches 64 128 \
-        --context 512 --steps 10 --replays 30 --json "$OUT/decode_step_8b_side.json"
-    LORALEDGER_LORA_SIDE_STREAM=0 run decode_step_8b_serial 150 $PY $B/bench_decode_step.py --preset llama-3-8b \
-        --settings slora punica --batches 64 128 --context 512 --steps 10 --replays 30 --json "$OUT/decode_step_8b_serial.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what this one's budget did not reach
     run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"

@@ -6,8 +6,6 @@ Public operators (in place, return y):
 - ``lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: up to three
   slices of one input (qkv, gate_up) written side by side into y's columns, all slices in the same
   launches.
-- ``lora_linear_fused(base, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None, stream=None)``:
-  y = base(x) and lora_apply_fused's delta, with the shrink on a side stream beside the base matmul.
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
 same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
@@ -27,14 +25,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
 
 import torch
 
 from .meta import LoraMeta
 from .reference import lora_apply_fused_ref, lora_apply_ref
 
-__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref", "lora_linear_fused"]
+__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
 
 
 def lora_apply(
@@ -78,50 +75,6 @@ def lora_apply_fused(
     if _use_triton(x):
         return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
     return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
-
-
-def lora_linear_fused(
-    base: Callable[[torch.Tensor], torch.Tensor],  # x -> y [T, sum N_i]: the layer's base matmul
-    x: torch.Tensor,  # [T, K]
-    lora_a: tuple[torch.Tensor, ...],
-    lora_b: tuple[torch.Tensor, ...],
-    ranks: torch.Tensor,
-    scales: torch.Tensor,
-    token_slots: torch.Tensor,
-    *,
-    meta: LoraMeta | None = None,
-    stream: torch.cuda.Stream | None = None,
-) -> torch.Tensor:
-    """y = base(x), then lora_apply_fused(y, x, ...) (the same arguments); returns y.
-
-    With `stream` on CUDA, where the split-K kernels run as two launches, the shrink (which reads only x)
-    runs on `stream` beside base(x) on the current stream, and the expand follows both: the LoRA's first
-    launch hides behind the base matmul instead of queueing after it (under CUDA-graph capture too: a fork
-    and a join of the two streams). Otherwise, and on CPU, it is exactly base(x) then lora_apply_fused."""
-    t = x.shape[0]
-    if stream is None or not x.is_cuda or t == 0:
-        return lora_apply_fused(base(x), x, lora_a, lora_b, ranks, scales, token_slots, meta=meta)
-    from .configs import fused_config, prefers_fused, sgmv_config
-    from .sgmv import prepare, two_launches_beside
-
-    lora_a, lora_b = tuple(lora_a), tuple(lora_b)
-    width = sum(b.shape[1] for b in lora_b)
-    # Check every input before the shrink reads them; y's stand-in has its shape, dtype and device, no memory.
-    meta = prepare(x.new_zeros(1).expand(t, width), x, lora_a, lora_b, ranks, scales, token_slots, meta)
-    cfg = sgmv_config(t, x.device)
-    s, r, k = lora_a[0].shape
-    if cfg.coop or prefers_fused(fused_config(x.device), t, meta.max_tiles(s), meta.block_t,
-                                 tuple(b.shape[1] for b in lora_b), k, r, x.element_size()):
-        return lora_apply_fused(base(x), x, lora_a, lora_b, ranks, scales, token_slots, meta=meta)
-
-    def checked_base(x_: torch.Tensor) -> torch.Tensor:
-        y = base(x_)
-        if y.shape != (t, width) or y.dtype != x.dtype or y.device != x.device:
-            raise ValueError(f"base(x) gave {tuple(y.shape)} {y.dtype} on {y.device}, the slices add up to "
-                             f"[{t}, {width}] {x.dtype} on {x.device}")
-        return y
-
-    return two_launches_beside(checked_base, x, lora_a, lora_b, ranks, scales, meta, stream, cfg)
 
 
 def _triton_apply(

@@ -3,8 +3,6 @@ expand) or in one cooperative launch, or the one-launch whole-K kernel."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from .configs import FusedConfig, SgmvConfig, fused_config, sgmv_config
@@ -12,18 +10,9 @@ from .meta import LoraMeta
 from .sgmv_coop import sgmv_coop
 from .sgmv_expand import sgmv_expand
 from .sgmv_fused import sgmv_fused
-from .sgmv_shrink import sgmv_shrink, shrink_workspace
+from .sgmv_shrink import sgmv_shrink
 
-__all__ = [
-    "MAX_SLICES",
-    "cooperative",
-    "prepare",
-    "sgmv",
-    "sgmv_cooperative",
-    "sgmv_one_launch",
-    "two_launches",
-    "two_launches_beside",
-]
+__all__ = ["MAX_SLICES", "cooperative", "prepare", "sgmv", "sgmv_cooperative", "sgmv_one_launch", "two_launches"]
 
 MAX_SLICES = 3  # qkv; the kernels take up to three slices in one launch
 
@@ -69,32 +58,6 @@ def two_launches(
     pdl = cfg.pdl and x.is_cuda
     ws = sgmv_shrink(x, lora_a, ranks, meta, cfg, pdl=pdl)
     return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
-
-
-def two_launches_beside(
-    base: Callable[[torch.Tensor], torch.Tensor],  # x -> y [T, sum N_i], on the current stream
-    x: torch.Tensor,  # [T, K]
-    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
-    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
-    ranks: torch.Tensor,  # [n, S] integer
-    scales: torch.Tensor,  # [S] float32
-    meta: LoraMeta,
-    stream: torch.cuda.Stream,
-    cfg: SgmvConfig | None = None,
-) -> torch.Tensor:
-    """y = base(x) plus the LoRA delta, the shrink on `stream` while base(x) runs on the current stream (the
-    shrink reads only x), then the expand on the current stream once both are done; returns y. A fork and a
-    join of streams, so CUDA-graph capture records the two branches side by side. Neither launch uses PDL:
-    the expand prefetches y before its PDL wait, and y is what base(x), the kernel before it, writes."""
-    cfg = sgmv_config(x.shape[0], x.device) if cfg is None else cfg
-    main = torch.cuda.current_stream(x.device)
-    ws = shrink_workspace(x, lora_a, meta, cfg)  # allocated on the current stream, which frees it after the join
-    stream.wait_stream(main)
-    with torch.cuda.stream(stream):
-        sgmv_shrink(x, lora_a, ranks, meta, cfg, ws=ws)
-    y = base(x)
-    main.wait_stream(stream)
-    return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg)
 
 
 def cooperative(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -82,10 +81,6 @@ class EngineConfig:
     # start() first compiles every Triton kernel variant and captures every decode graph a step can meet
     # (Engine.warm_up), so no request waits on a compile. CUDA only.
     warm_up: bool = True
-    # On CUDA each LoRA layer's shrink runs on a side stream beside the base matmul (it reads only the
-    # layer's input), the expand after both (kernels.lora_linear_fused). LORALEDGER_LORA_SIDE_STREAM=0 sets
-    # the default off, for side-by-side timings.
-    lora_side_stream: bool = field(default_factory=lambda: os.environ.get("LORALEDGER_LORA_SIDE_STREAM", "1") != "0")
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -606,8 +601,6 @@ class Engine:
 
     def _attach_lora_buffers(self) -> None:
         pool = self.slot_pool
-        side = self.config.lora_side_stream and self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if side else None  # one for every layer: they run in sequence
         for layer in range(self.model.config.num_layers):
             for wrapper, (lo, hi) in zip(self.model.lora_layers(layer), _FUSED):
                 names = LORA_PROJECTIONS[lo:hi]
@@ -619,7 +612,6 @@ class Engine:
                         lora_b=tuple(pool.lora_b[n][layer] if n in pool.lora_b else None for n in names),
                         ranks=pool.ranks[layer, lo:hi],
                         scales=pool.scales,
-                        stream=stream,
                     )
                 )
 

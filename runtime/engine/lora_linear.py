@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraledger.kernels import LoraMeta, lora_apply, lora_linear_fused
+from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
 
 __all__ = ["LoRABatch", "LoRALinear", "SliceBuffers"]
 
@@ -29,9 +29,6 @@ class SliceBuffers:
     lora_b: tuple[torch.Tensor | None, ...]  # per slice [S, N_i, R]
     ranks: torch.Tensor  # [n_slices, S] int32, 0 = slot has no weights for this slice
     scales: torch.Tensor  # [S] float32 (ones: the pool folds each module's scale into its B)
-    # CUDA: a side stream on which the LoRA shrink runs beside the base matmul (kernels.lora_linear_fused);
-    # None: one after the other on the current stream.
-    stream: torch.cuda.Stream | None = None
 
 
 class LoRALinear(nn.Module):
@@ -54,20 +51,16 @@ class LoRALinear(nn.Module):
             raise ValueError(f"{len(buffers.lora_a)} slice buffers for a layer of {len(self.out_sizes)} slices")
         self.buffers_ = buffers
 
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)  # [T, sum N_i]
-
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # [T, sum N_i]
         buf = self.buffers_
         if lora is None or buf is None:
-            return self._base(x)
+            return y
         if all(a is not None for a in buf.lora_a):
-            return lora_linear_fused(
-                self._base, x, buf.lora_a, buf.lora_b, buf.ranks, buf.scales, lora.token_slots, meta=lora.meta,
-                stream=buf.stream,
+            return lora_apply_fused(
+                y, x, buf.lora_a, buf.lora_b, buf.ranks, buf.scales, lora.token_slots, meta=lora.meta
             )
         # Some slices are not in the pool (e.g. lora_targets of q and v only): one call per served slice.
-        y = self._base(x)
         offset = 0
         for i, n in enumerate(self.out_sizes):
             if buf.lora_a[i] is not None:
