@@ -129,6 +129,16 @@ elif [[ "${PART}" == 13 ]]; then  # the S-LoRA window at Llama-3-8B dimensions; 
     tail -n 5 "$OUT/serving_slora_8b.log"
     (cd benchmarks/kernels && run sgmv_anchors 240 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     grep -E "^\[" "$OUT/sgmv_anchors.log" | tail -n 25
+elif [[ "${PART}" == 15 ]]; then  # the small-floor SGMV cases on the tuned table; the Punica window (1B)
+    (cd benchmarks/kernels && run sgmv_small_floor 300 $PY bench_sgmv.py --small-floor --out "$OUT/sgmv_small_floor")
+    tail -n 3 "$OUT/sgmv_small_floor.log"
+    run serving_punica 200 $PY $B/bench_serving.py --preset llama-3.2-1b --setting punica --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 10 --cpu-cache-gb 32 --baselines nolora --json "$OUT/serving_punica.json"
+elif [[ "${PART}" == 16 ]]; then  # kernel GPU tests and the small-floor cases with the rank-64 table
+    run tests_kernels 200 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py
+    tail -n 3 "$OUT/tests_kernels.log"
+    (cd benchmarks/kernels && run sgmv_small_floor 300 $PY bench_sgmv.py --small-floor --out "$OUT/sgmv_small_floor")
+    tail -n 3 "$OUT/sgmv_small_floor.log"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what this one's budget did not reach
     run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"

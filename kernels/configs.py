@@ -96,8 +96,21 @@ _SM90: _Table = (
                          pdl=True, coop=False)),
 )
 
+# Padded ranks of 64 and more keep the table before that sweep: side by side in two small-floor runs
+# (bench_sgmv.py --small-floor, 108 decode cases each with T <= 64 or T = 256 with n <= 8), the tuned table
+# took 0.94x the time at rank 8, 0.89x at rank 16 but 1.16x at rank 64 (two shrink warps on [16 + 64, 256]
+# tiles; 128-column expand items without the n_blocks walk at T = 256). The same block_t in every bucket, so
+# one step's LoraMeta serves pools of either kind.
+_SM90_WIDE_RANK: _Table = (
+    (64, dataclasses.replace(_SM90[0][1], k_chunk=256, shrink_warps=8, shrink_stages=2)),
+    (256, dataclasses.replace(_SM90[1][1], block_n=128, n_blocks=4)),
+    *_SM90[2:],
+)
+WIDE_RANK = 64  # padded ranks from here on take _SM90_WIDE_RANK
+
 # Other CUDA GPUs: the Hopper shapes without PDL (untuned).
 _DEFAULT: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM90)
+_DEFAULT_WIDE_RANK: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM90_WIDE_RANK)
 
 # The Triton interpreter (CPU): small tiles, few programs, several work items each; split-K as one
 # cooperative launch (one program there), so that CI runs the dispatch three ways (whole-K one launch for
@@ -188,21 +201,24 @@ def prefers_fused(
 
 
 @functools.lru_cache(maxsize=16)
-def _table(device: torch.device) -> _Table:
+def _table(device: torch.device, wide_rank: bool) -> _Table:
     if device.type != "cuda":
         return _INTERPRETER
     major, _ = torch.cuda.get_device_capability(device)
-    return _SM90 if major == 9 else _DEFAULT
+    if major == 9:
+        return _SM90_WIDE_RANK if wide_rank else _SM90
+    return _DEFAULT_WIDE_RANK if wide_rank else _DEFAULT
 
 
-def sgmv_config(num_tokens: int, device: torch.device) -> SgmvConfig:
-    """The table's config for a batch of num_tokens tokens on device (CPU means the interpreter)."""
-    return _bucket(_table(device), num_tokens)
+def sgmv_config(num_tokens: int, device: torch.device, max_rank: int = 16) -> SgmvConfig:
+    """The table's config for a batch of num_tokens tokens on device (CPU means the interpreter), for a slot
+    pool padded to max_rank. Its block_t depends on num_tokens alone."""
+    return _bucket(_table(device, max_rank >= WIDE_RANK), num_tokens)
 
 
-def hopper_sgmv_config(num_tokens: int) -> SgmvConfig:
-    """The Hopper table's config for num_tokens, without asking a GPU (benchmark reports)."""
-    return _bucket(_SM90, num_tokens)
+def hopper_sgmv_config(num_tokens: int, max_rank: int = 16) -> SgmvConfig:
+    """The Hopper table's config for num_tokens and max_rank, without asking a GPU (benchmark reports)."""
+    return _bucket(_SM90_WIDE_RANK if max_rank >= WIDE_RANK else _SM90, num_tokens)
 
 
 def _bucket(table: _Table, num_tokens: int) -> SgmvConfig:

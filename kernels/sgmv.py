@@ -54,7 +54,7 @@ def two_launches(
     t = x.shape[0]
     if t == 0:
         return y
-    cfg = sgmv_config(t, x.device) if cfg is None else cfg
+    cfg = sgmv_config(t, x.device, lora_a[0].shape[1]) if cfg is None else cfg
     pdl = cfg.pdl and x.is_cuda
     ws = sgmv_shrink(x, lora_a, ranks, meta, cfg, pdl=pdl)
     return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg, pdl=pdl)
@@ -75,7 +75,7 @@ def cooperative(
     t = x.shape[0]
     if t == 0:
         return y
-    cfg = sgmv_config(t, x.device) if cfg is None else cfg
+    cfg = sgmv_config(t, x.device, lora_a[0].shape[1]) if cfg is None else cfg
     return sgmv_coop(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
 
 

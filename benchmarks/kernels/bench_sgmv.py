@@ -357,7 +357,7 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
              one_launch: bool = True) -> dict:
     device = DEVICE
     inp = Inputs(case, device)
-    cfg = sgmv_config(case.t, device)
+    cfg = sgmv_config(case.t, device, case.rank)
     fcfg = fused_config(device)
     row = dataclasses.asdict(case) | {"k": case.k, "width": case.width} | rule_inputs(case, device)
     one_too = one_launch and case.kind == "decode" and case.t <= FUSED_MAX_T
@@ -482,7 +482,7 @@ def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool) ->
         if i % shard[1] != shard[0]:
             continue
         inp = Inputs(dataclasses.replace(case, n=min(case.n, 8)), device)
-        cfg = sgmv_config(case.t, device)
+        cfg = sgmv_config(case.t, device, case.rank)
         for v in (cfg, *split_variants(case, cfg).values()):
             inp.ours(v)()
             inp.coop(v)()

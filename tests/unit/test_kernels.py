@@ -212,3 +212,15 @@ def test_shrink_pipeline_depth_fits_shared_memory() -> None:
                 stages = shrink_stages(c, c.block_t, block_r, c.block_k, elem)
                 assert 1 <= stages <= c.shrink_stages
                 assert (stages - 1) * (c.block_t + block_r) * c.block_k * elem <= 160 << 10
+
+
+def test_wide_rank_pools_take_their_own_table_with_the_same_tiles() -> None:
+    from loraledger.kernels.configs import WIDE_RANK, hopper_sgmv_config, sgmv_config
+
+    for t in (1, 16, 64, 65, 256, 257, 1024, 4096):
+        narrow, wide = hopper_sgmv_config(t, 16), hopper_sgmv_config(t, WIDE_RANK)
+        assert narrow.block_t == wide.block_t  # one step's LoraMeta serves pools of either kind
+    # Measured: at rank 64 the table before the sweep (eight shrink warps over 256-wide K chunks) stays faster.
+    assert hopper_sgmv_config(64, 64).shrink_warps == 8 and hopper_sgmv_config(64, 16).shrink_warps == 2
+    assert hopper_sgmv_config(256, 128).n_blocks == 4 and hopper_sgmv_config(256, 8).n_blocks == 1
+    assert sgmv_config(64, torch.device("cpu"), 64) == sgmv_config(64, torch.device("cpu"), 8)  # the interpreter's one
