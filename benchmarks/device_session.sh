@@ -5,8 +5,8 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=6 (not run yet) the stack-sampled S-LoRA window, the
-# transformers+PEFT comparison with only its adapters registered, the 8B decode step and the full-depth scale run.
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…16
+# this session's calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
 OUT=${OUT:-bench_out}
@@ -139,17 +139,15 @@ elif [[ "${PART}" == 16 ]]; then  # kernel GPU tests and the small-floor cases w
     tail -n 3 "$OUT/tests_kernels.log"
     (cd benchmarks/kernels && run sgmv_small_floor 300 $PY bench_sgmv.py --small-floor --out "$OUT/sgmv_small_floor")
     tail -n 3 "$OUT/sgmv_small_floor.log"
-elif [[ "${PART}" == 6 ]]; then  # for the next session: what this one's budget did not reach
-    run serving_stacks 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
-        --rate 40 --duration 20 --drain-s 5 --baselines none --sample-stacks --json "$OUT/serving_stacks.json"
-    $PY -c "import json, sys; [print(n, c) for n, c in json.load(open(sys.argv[1]))['lora']['engine_stacks'][:25]]" \
-        "$OUT/serving_stacks.json"
-    run serving_hf 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
-        --rate 40 --no-online --baselines hf --hf-requests 64 --hf-batch 16 --hf-max-s 30 --json "$OUT/serving_hf.json"
-    run decode_step_8b 150 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
-        --steps 20 --replays 40 --json "$OUT/decode_step_8b.json"
-    run adapter_scale_full 150 $PY $B/bench_adapter_scale.py --preset llama-3.2-1b --setting slora \
-        --sizes 100 1000 5000 --slots 64 --cpu-cache-gb 2 --json "$OUT/adapter_scale_full.json"
+elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
+    # the final table, the 1B decode step on it)
+    timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
+    run tests_engine 230 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_engine.log" "$OUT/tests_other.log"
+    run decode_step_1b 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
+        --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
+    (cd benchmarks/kernels && run sgmv_grid 330 $PY bench_sgmv.py --budget-s 240 --out "$OUT/sgmv_grid")
 else
     timeout 150 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_fused_ops_gpu.py \
         tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
