@@ -68,6 +68,13 @@ def _nan(t):
     return t
 
 
+def _inf(t):
+    k = _first(t, "B")
+    t[k] = t[k].clone()
+    t[k][0, 0], t[k][-1, -1] = float("inf"), float("-inf")  # their sum is NaN, each alone inf
+    return t
+
+
 def _drop_b(t):
     del t[_first(t, "B")]
     return t
@@ -129,6 +136,7 @@ BAD = [
         "embed_tokens",
     ),
     ("nan", lambda f: _edit_tensors(f, _nan), "adapter_model.safetensors", "non-finite"),
+    ("inf", lambda f: _edit_tensors(f, _inf), "adapter_model.safetensors", "non-finite"),
     ("missing-half", lambda f: _edit_tensors(f, _drop_b), "adapter_model.safetensors", "lora_B is missing"),
     ("shape", lambda f: _edit_tensors(f, _wrong_shape), "adapter_model.safetensors", "do not match the base model"),
     ("dtype", lambda f: _edit_tensors(f, _int_dtype), "adapter_model.safetensors", "dtype"),
@@ -403,3 +411,35 @@ def test_host_tier_load_evict_reload_gives_identical_slot_and_counts_host_hits()
     assert stats["disk_load_latency_p50_s"] is None and stats["disk_read_p50_s"] is None
     assert stats["load_latency_p50_s"] is not None  # the old key, still exported by the server's metrics
     cache.close()
+
+
+def test_finite_check_is_exact_and_names_the_module() -> None:
+    """The fast finiteness check (one fp32 sum per tensor) never rejects finite values whose sum overflows, and
+    a NaN or inf anywhere is reported with its module."""
+    from loraledger.runtime.adapters.peft_format import AdapterSpec, adapter_from_tensors
+
+    spec = AdapterSpec(num_layers=2, projection_shapes={"q_proj": (64, 64), "v_proj": (64, 32)}, max_rank=8,
+                       max_bytes=1 << 20)
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+    def tensors():
+        out = {}
+        for layer in range(2):
+            for proj, (k, n) in spec.projection_shapes.items():
+                prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+                out[f"{prefix}.lora_A.weight"] = torch.randn(4, k, dtype=torch.bfloat16)
+                out[f"{prefix}.lora_B.weight"] = torch.randn(n, 4, dtype=torch.bfloat16)
+        return out
+
+    huge = tensors()
+    name = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"
+    huge[name] = torch.full((4, 64), 3e38, dtype=torch.bfloat16)  # finite; their fp32 sum is inf
+    assert torch.isinf(huge[name].sum(dtype=torch.float32))
+    weights = adapter_from_tensors(config, huge, spec)
+    assert len(weights.modules) == 4
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = tensors()
+        key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+        broken[key][5, 2] = bad
+        with pytest.raises(InvalidAdapterError, match=r"layers\.1\.self_attn\.v_proj: non-finite"):
+            adapter_from_tensors(config, broken, spec)
