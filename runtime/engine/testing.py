@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_CHAT_TEMPLATE", "make_peft_adapter", "make_tiny_model", "write_tokenizer"]
+__all__ = ["TINY_CHAT_TEMPLATE", "lora_state_dict", "make_peft_adapter", "make_tiny_model", "write_tokenizer"]
 
 # ASCII bytes as tokens 0..127, then <s>, </s>, <pad>: every output decodes to valid text.
 BOS_ID, EOS_ID, PAD_ID = 128, 129, 130
@@ -142,3 +142,26 @@ def make_peft_adapter(
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def lora_state_dict(
+    shapes: dict[str, tuple[int, int]],  # projection → (in_features, out_features)
+    r: int,
+    targets,
+    *,
+    num_layers: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """A PEFT LoRA state dict under PEFT's names (lora_A [r, in], lora_B [out, r] per layer and target) with
+    N(0, 1) values, for tests that need adapter tensors without a base model."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(num_layers):
+        for name in targets:
+            k, n = shapes[name]
+            section = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{section}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, k, generator=g).to(dtype)
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(n, r, generator=g).to(dtype)
+    return tensors

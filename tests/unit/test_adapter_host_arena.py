@@ -19,6 +19,7 @@ from loraledger.runtime.adapters import (
     adapter_from_tensors,
     read_peft_adapter,
 )
+from loraledger.runtime.engine.testing import lora_state_dict
 from safetensors.torch import save_file
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -138,15 +139,7 @@ def _spec(max_rank=8):
 
 
 def _peft_tensors(r, targets, seed):
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(2):
-        for name in targets:
-            k, n = SHAPES[name]
-            prefix = f"base_model.model.model.layers.{layer}.{'mlp' if name == 'down_proj' else 'self_attn'}.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, k, generator=g)
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(n, r, generator=g)
-    return tensors
+    return lora_state_dict(SHAPES, r, targets, num_layers=2, seed=seed)
 
 
 def _reference_image(pool, weights):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from loraledger.runtime.adapters import InvalidAdapterError
 from loraledger.runtime.engine import Engine, GenerationRequest, SamplingParams
-from loraledger.runtime.engine.testing import make_peft_adapter, make_tiny_model
+from loraledger.runtime.engine.testing import lora_state_dict, make_peft_adapter, make_tiny_model
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -314,15 +314,7 @@ def _spec(max_rank=8):
 
 def _peft_tensors(r, targets, seed):
     """A PEFT state dict of rank r for the SHAPES model."""
-    g = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(2):
-        for name in targets:
-            k, n = SHAPES[name]
-            prefix = f"base_model.model.model.layers.{layer}.{'mlp' if name == 'down_proj' else 'self_attn'}.{name}"
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, k, generator=g)
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(n, r, generator=g)
-    return tensors
+    return lora_state_dict(SHAPES, r, targets, num_layers=2, seed=seed)
 
 
 def test_pool_views_alias_one_slot_contiguous_backing_tensor():
@@ -423,13 +415,7 @@ def test_finite_check_is_exact_and_names_the_module() -> None:
     config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
     def tensors():
-        out = {}
-        for layer in range(2):
-            for proj, (k, n) in spec.projection_shapes.items():
-                prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
-                out[f"{prefix}.lora_A.weight"] = torch.randn(4, k, dtype=torch.bfloat16)
-                out[f"{prefix}.lora_B.weight"] = torch.randn(n, 4, dtype=torch.bfloat16)
-        return out
+        return lora_state_dict(spec.projection_shapes, 4, spec.targets, num_layers=2, dtype=torch.bfloat16)
 
     huge = tensors()
     name = "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"
