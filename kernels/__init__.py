@@ -102,7 +102,7 @@ def _triton_apply(
     widths = tuple(b.shape[1] for b in lora_b)
     if prefers_fused(fused, t, meta.max_tiles(s), meta.block_t, widths, k, r, x.element_size()):
         return sgmv_fused(y, x, lora_a, lora_b, ranks, scales, meta, fused)
-    cfg = sgmv_config(t, x.device, lora_a[0].shape[1])
+    cfg = sgmv_config(t, x.device, r)
     if cfg.coop:
         return cooperative(y, x, lora_a, lora_b, ranks, scales, meta, cfg)
     return two_launches(y, x, lora_a, lora_b, ranks, scales, meta, cfg)

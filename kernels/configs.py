@@ -108,9 +108,14 @@ _SM90_WIDE_RANK: _Table = (
 )
 WIDE_RANK = 64  # padded ranks from here on take _SM90_WIDE_RANK
 
+
+
+def _without_pdl(table: _Table) -> _Table:
+    return tuple((t, dataclasses.replace(c, pdl=False)) for t, c in table)
+
+
 # Other CUDA GPUs: the Hopper shapes without PDL (untuned).
-_DEFAULT: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM90)
-_DEFAULT_WIDE_RANK: _Table = tuple((t, dataclasses.replace(c, pdl=False)) for t, c in _SM90_WIDE_RANK)
+_DEFAULT, _DEFAULT_WIDE_RANK = _without_pdl(_SM90), _without_pdl(_SM90_WIDE_RANK)
 
 # The Triton interpreter (CPU): small tiles, few programs, several work items each; split-K as one
 # cooperative launch (one program there), so that CI runs the dispatch three ways (whole-K one launch for
@@ -206,8 +211,12 @@ def _table(device: torch.device, wide_rank: bool) -> _Table:
         return _INTERPRETER
     major, _ = torch.cuda.get_device_capability(device)
     if major == 9:
-        return _SM90_WIDE_RANK if wide_rank else _SM90
+        return _hopper_table(wide_rank)
     return _DEFAULT_WIDE_RANK if wide_rank else _DEFAULT
+
+
+def _hopper_table(wide_rank: bool) -> _Table:
+    return _SM90_WIDE_RANK if wide_rank else _SM90
 
 
 def sgmv_config(num_tokens: int, device: torch.device, max_rank: int = 16) -> SgmvConfig:
@@ -218,7 +227,7 @@ def sgmv_config(num_tokens: int, device: torch.device, max_rank: int = 16) -> Sg
 
 def hopper_sgmv_config(num_tokens: int, max_rank: int = 16) -> SgmvConfig:
     """The Hopper table's config for num_tokens and max_rank, without asking a GPU (benchmark reports)."""
-    return _bucket(_SM90_WIDE_RANK if max_rank >= WIDE_RANK else _SM90, num_tokens)
+    return _bucket(_hopper_table(max_rank >= WIDE_RANK), num_tokens)
 
 
 def _bucket(table: _Table, num_tokens: int) -> SgmvConfig:

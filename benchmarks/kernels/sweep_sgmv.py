@@ -81,10 +81,6 @@ def round1(base: SgmvConfig) -> dict[str, SgmvConfig]:
     return out
 
 
-def pair(inp: Inputs, cfg: SgmvConfig):
-    return inp.ours(cfg)
-
-
 def alone(inp: Inputs, cfg: SgmvConfig):
     """The shrink alone and the expand alone (on the shrink's workspace), neither with PDL."""
     meta = inp.meta(cfg.block_t)
@@ -115,21 +111,23 @@ def time_variants(inps: list[Inputs], variants: dict[str, SgmvConfig], timer: Ti
         try:
             for inp in inps:  # the timed replays of the last variant kept adding into y: start it afresh
                 inp.y.normal_()
-            errs[name] = max(check(inp, pair(inp, cfg)) for inp in inps)
-            times[name] = [timer(pair(inp, cfg)) for inp in inps]
-        except Exception as exc:  # a variant that does not fit (shared memory, registers) is reported, not fatal
+            errs[name] = max(check(inp, inp.ours(cfg)) for inp in inps)
+            times[name] = [timer(inp.ours(cfg)) for inp in inps]
+        except Exception as exc:  # noqa: BLE001 - a variant that does not fit (shared memory, registers) is reported
             errs[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
 def compile_only(shard: tuple[int, int]) -> None:
-    jobs = [(t, case, cfg) for t, cases in CASES.items() for case in cases
-            for cfg in round1(sgmv_config(t, DEVICE)).values()]
-    for i, (_, case, cfg) in enumerate(jobs):
+    jobs = [(case, cfg) for t, cases in CASES.items() for case in cases for cfg in round1(sgmv_config(t, DEVICE)).values()]
+    inputs: dict[Case, Inputs] = {}
+    for i, (case, cfg) in enumerate(jobs):
         if i % shard[1] != shard[0]:
             continue
-        inp = Inputs(case, DEVICE)  # the real n: the split plan depends on the tiles' bound
+        if case not in inputs:
+            inputs[case] = Inputs(case, DEVICE)  # the real n: it sets the split plan
+        inp = inputs[case]
         try:
-            pair(inp, cfg)()
+            inp.ours(cfg)()
         except Exception as exc:  # noqa: BLE001 - the timed run reports it
             print(f"{case.label} {cfg}: {type(exc).__name__}", flush=True)
     torch.cuda.synchronize()

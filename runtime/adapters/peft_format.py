@@ -183,9 +183,7 @@ def _validate(config: dict, tensors: dict[str, torch.Tensor], spec: AdapterSpec,
             missing = ({"A", "B"} - set(ab)).pop()
             raise InvalidAdapterError(src, f"layer {layer} {proj}: lora_{missing} is missing")
         a, b = ab["A"], ab["B"]
-        module = (
-            f"model.layers.{layer}.{'mlp' if proj in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{proj}"
-        )
+        module = _module_name(layer, proj)
         r = _pattern_value(rank_pattern, module, r_default)
         alpha = _pattern_value(alpha_pattern, module, alpha_default)
         if r > spec.max_rank:
@@ -213,5 +211,9 @@ def _check_finite(modules: dict, src) -> None:
         return
     for (layer, proj), (a, b, _) in modules.items():
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            section = "mlp" if proj in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-            raise InvalidAdapterError(src, f"model.layers.{layer}.{section}.{proj}: non-finite values (nan or inf)")
+            raise InvalidAdapterError(src, f"{_module_name(layer, proj)}: non-finite values (nan or inf)")
+
+
+def _module_name(layer: int, proj: str) -> str:
+    """The base model's module that a (layer, projection) adapter weight targets, as PEFT's configs name it."""
+    return f"model.layers.{layer}.{'mlp' if proj in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{proj}"

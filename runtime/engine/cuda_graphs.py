@@ -28,6 +28,7 @@ Without `capture` (CPU, tests) the same padded static-buffer forward runs eagerl
 
 from __future__ import annotations
 
+import abc
 import logging
 
 import torch
@@ -107,7 +108,7 @@ def pad_block_tables(tables: list[list[int]], bucket: int) -> list[list[int]]:
     return rows + [[0] * width for _ in range(bucket - len(tables))]
 
 
-class CapturedBuckets:
+class CapturedBuckets(abc.ABC):
     """What the engine's two graph runners share: graphs captured per (bucket, with LoRA or not), lazily on a
     bucket's first step or all at once (`capture_all`); a key whose capture failed stays eager for good.
     A subclass sets `buckets`, `capture`, `_graphs` (key → its captured graphs), `_failed`, and `_capture`."""
@@ -117,8 +118,9 @@ class CapturedBuckets:
     _graphs: dict
     _failed: set
 
+    @abc.abstractmethod
     def _capture(self, bucket: int, use_lora: bool) -> None:
-        raise NotImplementedError
+        """Captures the graphs of one (bucket, with LoRA or not) key into _graphs, or records it in _failed."""
 
     def ensure_captured(self, bucket: int, use_lora: bool) -> None:
         """Captures the key's graphs unless they exist, failed before, or capture is off."""
