@@ -139,6 +139,31 @@ elif [[ "${PART}" == 16 ]]; then  # kernel GPU tests and the small-floor cases w
     tail -n 3 "$OUT/tests_kernels.log"
     (cd benchmarks/kernels && run sgmv_small_floor 300 $PY bench_sgmv.py --small-floor --out "$OUT/sgmv_small_floor")
     tail -n 3 "$OUT/sgmv_small_floor.log"
+elif [[ "${PART}" == 17 ]]; then  # fourth session, call 1: GPU tests on per-tile records; the kernels A/B against
+    # .prev/loraledger (a copy of 9428bdf's package, carried) on the small-floor and anchor cases
+    timeout 280 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_fused_ops_gpu.py \
+        tests/gpu/test_paged_attention_gpu.py >"/tmp/tests_kernels.log" 2>&1 &
+    run tests_engine 280 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 4 /tmp/tests_kernels.log "$OUT/tests_engine.log"
+    grep -E "FAILED|Error" /tmp/tests_kernels.log | head -20
+    (cd benchmarks/kernels && run sgmv_ab 290 $PY bench_sgmv.py --small-floor --anchors-too --budget-s 230 \
+        --compare prev="$PWD/../../.prev/loraledger/kernels" --out "$OUT/sgmv_ab")
+    grep -E "^\[" "$OUT/sgmv_ab.log" | tail -n 30
+elif [[ "${PART}" == 19 ]]; then  # fourth session, call 2: four kernel variants side by side (9428bdf's; the per-tile
+    # records read one item ahead, .alt; this tree; this tree reading ranks per slot), qo and up shapes
+    (cd benchmarks/kernels && run sgmv_ab4 420 $PY bench_sgmv.py --small-floor --anchors-too --budget-s 330 \
+        --shapes qo,up --compare prev="$PWD/../../.prev/loraledger/kernels" ahead="$PWD/../../.alt/kernels" \
+        --out "$OUT/sgmv_ab4")
+    grep -E "^\[" "$OUT/sgmv_ab4.log" | tail -n 12
+elif [[ "${PART}" == 18 ]]; then  # fourth session, call 2: the decode step with 9428bdf's package and this tree,
+    # back to back at 8B, then 1B on this tree
+    PYTHONPATH=$PWD/.prev run decode_step_8b_prev 200 $PY $B/bench_decode_step.py --preset llama-3-8b \
+        --batches 64 128 --context 512 --steps 10 --replays 30 --json "$OUT/decode_step_8b_prev.json"
+    run decode_step_8b 200 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
+        --steps 10 --replays 30 --json "$OUT/decode_step_8b.json"
+    run decode_step_1b 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
+        --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -7,11 +7,14 @@ its block sizes up to T = 256) in every decode case up to T = 1024. "ours" is th
 picks for the case (kernels.configs.prefers_fused, then the table's `coop`; report.py applies the rule
 again, so a rule set from these numbers reports the path it picks). Every time is the median of
 CUDA-graph replays with L2 flushed before each, in microseconds; the metadata build is not timed (the
-engine builds it once per step for all projections). Run on a GPU:
+engine builds it once per step for all projections). With --compare NAME=DIR (a copy of another kernels/
+package, e.g. an earlier commit's or an experiment's) every case is timed with that package's two launches
+too ("NAME_us"), in the same run. Run on a GPU:
 
     python benchmarks/kernels/bench_sgmv.py --out results/            # everything
     python benchmarks/kernels/bench_sgmv.py --small-floor --out q/    # decode T <= 64 and T = 256 n <= 8 only
     python benchmarks/kernels/bench_sgmv.py --compile-only --shard 0/8 # warm Triton's cache in parallel
+    python benchmarks/kernels/bench_sgmv.py --small-floor --compare prev=/tmp/prev/kernels --out ab/
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import statistics
 import time
@@ -148,6 +152,17 @@ class Inputs:
 
         def run() -> None:
             sgmv(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, cfg)
+
+        return run
+
+    def other(self, kernels) -> Callable[[], None]:
+        """Another kernels package's two launches on its own table and metadata (see --compare)."""
+        meta = kernels.LoraMeta(self.case.t, self.x.device).build(self.slots, num_adapters=self.case.n)
+        ranks = self.ranks.unsqueeze(0).clone()
+        sgmv_prev = kernels.sgmv.sgmv
+
+        def run() -> None:
+            sgmv_prev(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta)
 
         return run
 
@@ -353,8 +368,22 @@ def goals(row: dict) -> dict:
     return out
 
 
+def load_kernels(name: str, path: Path):
+    """Another copy of the kernels package (a directory holding its __init__.py), imported as NAME_kernels."""
+    import sys
+
+    module_name = f"{name}_kernels"
+    spec = importlib.util.spec_from_file_location(module_name, path / "__init__.py",
+                                                  submodule_search_locations=[str(path)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    importlib.import_module(f"{module_name}.sgmv")
+    return module
+
+
 def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: bool, variants: dict | None,
-             one_launch: bool = True) -> dict:
+             one_launch: bool = True, others: dict | None = None) -> dict:
     device = DEVICE
     inp = Inputs(case, device)
     cfg = sgmv_config(case.t, device, case.rank)
@@ -372,6 +401,9 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
         row["err_coop"] = max(row["err_coop"], check(inp, inp.coop(v)))
         row["err_two"] = max(row["err_two"], check(inp, inp.ours(v)))
     row["two_us"] = timer(inp.ours(cfg))
+    for name, kernels in (others or {}).items():
+        row[f"err_{name}"] = check(inp, inp.other(kernels))
+        row[f"{name}_us"] = timer(inp.other(kernels))
     row["coop_us"] = timer(inp.coop(cfg))
     if one_too:
         row["one_us"] = timer(inp.one(fcfg))
@@ -423,9 +455,10 @@ MULTI_SLICE_CASES = (
 )
 
 
-def fused_rows(timer: Timer, max_t: int = 1 << 62) -> list[dict]:
+def fused_rows(timer: Timer, max_t: int = 1 << 62, others: dict | None = None) -> list[dict]:
     """Multi-slice forms at rank 16, batches up to max_t tokens: lora_apply_fused as dispatched, in the
-    whole-K one launch, split-K in two launches and in one cooperative launch, and one lora_apply per slice."""
+    whole-K one launch, split-K in two launches and in one cooperative launch, and one lora_apply per slice
+    (and each --compare package's lora_apply_fused)."""
     from loraledger.kernels import lora_apply, lora_apply_fused
     from loraledger.kernels.sgmv import sgmv
 
@@ -440,10 +473,10 @@ def fused_rows(timer: Timer, max_t: int = 1 << 62) -> list[dict]:
             slots, scales = parts[0].slots, parts[0].scales
             width = sum(p.lora_b.shape[1] for p in parts)
             y = torch.randn(t, width, device=device, dtype=DTYPE)
+            ranks = torch.stack([p.ranks for p in parts])
             meta = LoraMeta(t, device).build(slots, num_adapters=n)
             lora_a = tuple(p.lora_a for p in parts)
             lora_b = tuple(p.lora_b for p in parts)
-            ranks = torch.stack([p.ranks for p in parts])
             x = parts[0].x
 
             def public() -> None:
@@ -459,14 +492,19 @@ def fused_rows(timer: Timer, max_t: int = 1 << 62) -> list[dict]:
 
             def separate() -> None:
                 col = 0
-                for p in parts:
+                for i, p in enumerate(parts):
                     w = p.lora_b.shape[1]
-                    lora_apply(y[:, col : col + w], x, p.lora_a, p.lora_b, p.ranks, scales, slots, meta=meta)
+                    lora_apply(y[:, col : col + w], x, p.lora_a, p.lora_b, ranks[i], scales, slots, meta=meta)
                     col += w
 
             row = {"name": name, "kind": kind, "t": t, "n": n, "width": width, "public_us": timer(public),
                    "two_us": timer(two), "coop_us": timer(coop), "separate_us": timer(separate)}
             row["one_us"] = timer(one) if t <= FUSED_MAX_T else None
+            for other, kernels in (others or {}).items():
+                other_meta = kernels.LoraMeta(t, device).build(slots, num_adapters=n)
+                other_ranks = ranks.clone()
+                row[f"{other}_us"] = timer(lambda k=kernels, m=other_meta, r=other_ranks: k.lora_apply_fused(
+                    y, x, lora_a, lora_b, r, scales, slots, meta=m))  # noqa: B023
             rows.append(row)
             print(f"{name} {kind} T={t} n={n}: public {row['public_us']:.1f}, one {row['one_us']}, two {row['two_us']:.1f},"
                   f" coop {row['coop_us']:.1f}, separate {row['separate_us']:.1f}", flush=True)
@@ -509,6 +547,9 @@ def main() -> None:
                         help="only the decode cases with T <= 64 or T = 256, n <= 8 (floors under 5 us), split-K paths "
                              "only (no whole-K one launch, no torch baselines), multi-slice forms up to T = 64")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated projections to run (grid cases)")
+    parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=DIR",
+                        help="other kernels/ packages to time side by side (their two launches)")
+    parser.add_argument("--anchors-too", action="store_true", help="with --small-floor: the anchor cases first")
     args = parser.parse_args()
     shard = tuple(int(v) for v in args.shard.split("/"))
     shapes = set(args.shapes.split(","))
@@ -521,7 +562,10 @@ def main() -> None:
     if args.small_floor:
         cases = [c for c in grid_cases() if small_floor(c) and c.shape in shapes]
         cases.sort(key=lambda c: (c.t, c.n, c.shape, c.rank))
-        anchors = []
+        if args.anchors_too:
+            cases = anchors + [c for c in cases if c not in anchors]
+        else:
+            anchors = []
     if args.compile_only:
         compile_only(cases, shard, one_launch=not args.small_floor)
         return
@@ -533,11 +577,13 @@ def main() -> None:
     bw = copy_bandwidth(timer)
     device = DEVICE
     variants = fused_variants(device)
+    others = {name: load_kernels(name, Path(path)) for name, path in (c.split("=", 1) for c in args.compare)}
     info = {"device": props.name, "sms": props.multi_processor_count, "copy_bw_TBps": bw / 1e12, "torch": torch.__version__,
             "triton": triton.__version__, "sgmv_configs": {str(t): dataclasses.asdict(sgmv_config(t, device))
                                                            for t in (1, 256, 1024, 4096)},
             "fused_variants": {name: dataclasses.asdict(v) for name, v in variants.items()},
-            "split_variants": SPLIT_VARIANTS, "small_floor_only": args.small_floor}
+            "split_variants": SPLIT_VARIANTS, "small_floor_only": args.small_floor,
+            "compare": args.compare}
     info["calibration"] = calibration(timer)
     print(json.dumps(info), flush=True)
     base_cache: dict = {}
@@ -551,16 +597,17 @@ def main() -> None:
         sweep = case.kind == "decode" and case.t <= SWEEP_MAX_T and not args.small_floor
         with_torch = not args.small_floor and (case in anchors or (case.rank == 16 and case.t <= 256))
         row = run_case(case, timer, bw, base_cache, with_torch=with_torch, variants=variants if sweep else None,
-                       one_launch=not args.small_floor)
+                       one_launch=not args.small_floor, others=others)
         rows.append(row)
         one = f", one {row['one_us']:.1f}" if "one_us" in row else ""
         split = "".join(f", {n} {v:.1f}" for n, v in row.get("split_variants_us", {}).items())
+        split += "".join(f", {name} {row[name + '_us']:.1f}" for name in others)
         print(f"[{i + 1}/{len(cases)} {time.time() - t0:.0f}s] {case.label}: two {row['two_us']:.1f}, coop "
               f"{row['coop_us']:.1f}{one}{split} -> "
               f"ours {row['ours_us']:.1f} us, floor {row['floor_us']:.1f}, base {row['base_us']:.1f}, "
               f"err {row['err']:.1e} {row['goals']}", flush=True)
         (args.out / "rows.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-    fused = fused_rows(timer, max_t=64 if args.small_floor else 1 << 62)
+    fused = fused_rows(timer, max_t=64 if args.small_floor else 1 << 62, others=others)
     info["copy_bw_end_TBps"] = copy_bandwidth(timer) / 1e12
     info["timing_spread_max"] = max(timer.spread)
     info["timing_spread_p90"] = sorted(timer.spread)[int(0.9 * len(timer.spread))]
