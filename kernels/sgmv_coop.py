@@ -8,9 +8,8 @@ import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
-from .sgmv_expand import _sum_splits, expand_record, split_group
-from .sgmv_shrink import _shrink_item, shrink_record, split_plan
-from .tile_record import rank_args
+from .sgmv_expand import _sum_splits, split_group
+from .sgmv_shrink import _shrink_item, split_plan
 
 __all__ = ["BARRIER_SPAN", "sgmv_coop"]
 
@@ -30,10 +29,10 @@ def _expand_load(
     ranks_ptr,
     scales_ptr,
     ws_ptr,
+    token_order_ptr,
     tile_slot_ptr,
     tile_start_ptr,
-    tile_tokens_ptr,
-    tile_ranks_ptr,
+    tile_end_ptr,
     T,
     stride_yt,
     stride_yn,
@@ -43,7 +42,6 @@ def _expand_load(
     stride_bn,
     stride_br,
     stride_rank_slice,
-    stride_tile_ranks,
     N0: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -55,16 +53,16 @@ def _expand_load(
     BLOCK_R: tl.constexpr,
     R_VEC: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    TILE_RANKS: tl.constexpr,
 ):
     """The loads of one expand item that do not read the workspace: its record, rank, scale and token
     indices, B's tile and y's tile. Masks, not branches, so that the first item's loads can be in flight
     across the grid barrier; a rank-0 (or dead) item reads no B or y and writes nothing."""
     groups: tl.constexpr = G0 + G1 + G2
+    offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
     exists = w < max_items
-    w = tl.where(exists, w, 0)
+    tile = tl.where(exists, w // groups, 0)
     g = w % groups
     # Column groups run slice by slice: g in [0, G0) is slice 0, then G1 groups of slice 1, ...
     sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
@@ -73,11 +71,13 @@ def _expand_load(
     n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
     n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
     g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
-    slot, pos, t_mask, tok, rank = expand_record(w, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr,
-                                                 ranks_ptr, stride_rank_slice, tile_ranks_ptr, stride_tile_ranks,
-                                                 G0, G1, G2, BLOCK_T, TILE_RANKS)
-    rank = tl.where(exists, rank, 0)
-    scale = tl.load(scales_ptr + slot, mask=rank > 0, other=0.0)
+    live = exists & (tile < num_tiles)  # records past num_tiles are stale: mask every load through them
+    slot = tl.load(tile_slot_ptr + tile)
+    pos = tl.load(tile_start_ptr + tile) + offs_t
+    t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
+    rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
+    scale = tl.load(scales_ptr + slot, mask=live, other=0.0)
+    tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
     rows = t_mask & (rank > 0)
     # B's rank columns in whole 16-byte groups (one vector load each); _expand_finish zeroes the columns
     # past the rank: the pool's padding is never trusted to be finite.
@@ -174,10 +174,10 @@ def _sgmv_coop_kernel(
     scales_ptr,  # [S] float32
     ws_ptr,  # [SPLIT_K, NUM_SLICES, T, BLOCK_R] fp32 scratch
     barrier_ptr,  # [1] int64, a multiple of BARRIER_SPAN between launches (LoraMeta.barrier)
-    tile_slot_ptr,  # [> tiles] int32 (LoraMeta's buffers)
-    tile_start_ptr,  # [> tiles] int32
-    tile_tokens_ptr,  # [> tiles * BLOCK_T] int32
-    tile_ranks_ptr,  # [tiles, >= NUM_SLICES] int32 when TILE_RANKS (else unused)
+    token_order_ptr,  # [>= T] int32
+    tile_slot_ptr,  # [>= num_tiles] int32
+    tile_start_ptr,  # [>= num_tiles] int32
+    tile_end_ptr,  # [>= num_tiles] int32
     num_tiles_ptr,  # [1] int32
     shrink_items,  # host bound on num_tiles * NUM_SLICES * SPLIT_K
     expand_items,  # host bound on num_tiles * (G0 + G1 + G2)
@@ -196,7 +196,6 @@ def _sgmv_coop_kernel(
     stride_bn,
     stride_br,
     stride_rank_slice,
-    stride_tile_ranks,
     N0: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -215,7 +214,6 @@ def _sgmv_coop_kernel(
     BLOCK_N: tl.constexpr,
     STAGES: tl.constexpr,
     IEEE_DOT: tl.constexpr,
-    TILE_RANKS: tl.constexpr,  # ranks per tile from the metadata, not per slot
     BARRIER_SPAN: tl.constexpr,
     CUDA: tl.constexpr,  # compiled for a GPU (PTX), not run by the interpreter
 ):
@@ -229,28 +227,25 @@ def _sgmv_coop_kernel(
     target = (_load_counter(barrier_ptr, False, CUDA) & -BARRIER_SPAN) + BARRIER_SPAN
     num_tiles = tl.load(num_tiles_ptr)
     for w in range(pid, shrink_items, num_programs):
-        slot, pos, rows, tok, rank = shrink_record(w, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr,
-                                                   ranks_ptr, stride_rank_slice, tile_ranks_ptr, stride_tile_ranks,
-                                                   NUM_SLICES, SPLIT_K, BLOCK_T, TILE_RANKS)
-        _shrink_item(w, slot, pos, rows, tok, rank, x_ptr, a0_ptr, a1_ptr, a2_ptr, ws_ptr, T, K, stride_xt,
-                     stride_xk, stride_as, stride_ar, stride_ak, NUM_SLICES, SPLIT_K, K_CHUNK, EVEN_K, BLOCK_T, BLOCK_R,
-                     BLOCK_K, STAGES, IEEE_DOT)
+        _shrink_item(w, num_tiles, x_ptr, a0_ptr, a1_ptr, a2_ptr, ranks_ptr, ws_ptr, token_order_ptr, tile_slot_ptr,
+                     tile_start_ptr, tile_end_ptr, T, K, stride_xt, stride_xk, stride_as, stride_ar, stride_ak,
+                     stride_rank_slice, NUM_SLICES, SPLIT_K, K_CHUNK, EVEN_K, BLOCK_T, BLOCK_R, BLOCK_K, STAGES,
+                     IEEE_DOT)
     # Arrive first: the release would otherwise wait for the loads below, which only the spin has to.
     _barrier_arrive(barrier_ptr, num_programs, BARRIER_SPAN)
     bv, yv, y_ptrs, y_mask, ws_ptrs, rows, r_mask, scale = _expand_load(
-        pid, expand_items, num_tiles, y_ptr, b0_ptr, b1_ptr, b2_ptr, ranks_ptr, scales_ptr, ws_ptr, tile_slot_ptr,
-        tile_start_ptr, tile_tokens_ptr, tile_ranks_ptr, T, stride_yt, stride_yn, stride_b0s, stride_b1s, stride_b2s,
-        stride_bn, stride_br, stride_rank_slice, stride_tile_ranks, N0, N1, N2, G0, G1, G2, NUM_SLICES, BLOCK_T,
-        BLOCK_R, R_VEC, BLOCK_N, TILE_RANKS)
+        pid, expand_items, num_tiles, y_ptr, b0_ptr, b1_ptr, b2_ptr, ranks_ptr, scales_ptr, ws_ptr, token_order_ptr,
+        tile_slot_ptr, tile_start_ptr, tile_end_ptr, T, stride_yt, stride_yn, stride_b0s, stride_b1s, stride_b2s,
+        stride_bn, stride_br, stride_rank_slice, N0, N1, N2, G0, G1, G2, NUM_SLICES, BLOCK_T, BLOCK_R, R_VEC, BLOCK_N)
     _barrier_wait(barrier_ptr, target, CUDA)
     for w in range(pid, expand_items, num_programs):
         _expand_finish(bv, yv, y_ptrs, y_mask, ws_ptrs, rows, r_mask, scale, NUM_SLICES * T * BLOCK_R, SPLIT_K,
                        SPLIT_GROUP, BLOCK_T, BLOCK_R, IEEE_DOT)
         bv, yv, y_ptrs, y_mask, ws_ptrs, rows, r_mask, scale = _expand_load(
             w + num_programs, expand_items, num_tiles, y_ptr, b0_ptr, b1_ptr, b2_ptr, ranks_ptr, scales_ptr, ws_ptr,
-            tile_slot_ptr, tile_start_ptr, tile_tokens_ptr, tile_ranks_ptr, T, stride_yt, stride_yn, stride_b0s,
-            stride_b1s, stride_b2s, stride_bn, stride_br, stride_rank_slice, stride_tile_ranks, N0, N1, N2, G0, G1, G2,
-            NUM_SLICES, BLOCK_T, BLOCK_R, R_VEC, BLOCK_N, TILE_RANKS)
+            token_order_ptr, tile_slot_ptr, tile_start_ptr, tile_end_ptr, T, stride_yt, stride_yn, stride_b0s,
+            stride_b1s, stride_b2s, stride_bn, stride_br, stride_rank_slice, N0, N1, N2, G0, G1, G2, NUM_SLICES,
+            BLOCK_T, BLOCK_R, R_VEC, BLOCK_N)
 
 
 def sgmv_coop(
@@ -290,7 +285,6 @@ def sgmv_coop(
     a2 = lora_a[2] if num_slices > 2 else a0
     b1 = lora_b[1] if num_slices > 1 else b0
     b2 = lora_b[2] if num_slices > 2 else b0
-    tile_ranks, stride_tile_ranks, use_tile_ranks = rank_args(meta, ranks)
     _sgmv_coop_kernel[(programs,)](
         y,
         x,
@@ -304,10 +298,10 @@ def sgmv_coop(
         scales,
         ws,
         meta.barrier,
+        meta.token_order,
         meta.tile_slot,
         meta.tile_start,
-        meta.tile_tokens,
-        tile_ranks,
+        meta.tile_end,
         meta.num_tiles,
         shrink_items,
         expand_items,
@@ -326,7 +320,6 @@ def sgmv_coop(
         b0.stride(1),
         b0.stride(2),
         ranks.stride(0),
-        stride_tile_ranks,
         N0=widths[0],
         N1=widths[1],
         N2=widths[2],
@@ -345,7 +338,6 @@ def sgmv_coop(
         BLOCK_N=block_n,
         STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
-        TILE_RANKS=use_tile_ranks,
         BARRIER_SPAN=BARRIER_SPAN,
         CUDA=x.is_cuda,
         num_warps=max(cfg.shrink_warps, cfg.expand_warps),

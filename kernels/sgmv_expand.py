@@ -8,9 +8,8 @@ import triton.language as tl
 
 from .configs import SgmvConfig, num_sms
 from .meta import LoraMeta
-from .tile_record import rank_args, tile_record
 
-__all__ = ["expand_record", "sgmv_expand", "split_group"]
+__all__ = ["sgmv_expand", "split_group"]
 
 
 def split_group(split_k: int) -> int:
@@ -41,31 +40,6 @@ def _sum_splits(
     return p
 
 
-@triton.jit
-def expand_record(
-    w,  # work item (tile, column group)
-    num_tiles,
-    tile_slot_ptr,
-    tile_start_ptr,
-    tile_tokens_ptr,
-    ranks_ptr,
-    stride_rank_slice,
-    tile_ranks_ptr,
-    stride_tile_ranks,
-    G0: tl.constexpr,
-    G1: tl.constexpr,
-    G2: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    TILE_RANKS: tl.constexpr,
-):
-    """The tile record of expand item w (column groups run slice by slice: g in [0, G0) is slice 0, then
-    G1 groups of slice 1, ...)."""
-    g = w % (G0 + G1 + G2)
-    sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
-    return tile_record(w // (G0 + G1 + G2), sl, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr, ranks_ptr,
-                       stride_rank_slice, tile_ranks_ptr, stride_tile_ranks, BLOCK_T, TILE_RANKS)
-
-
 # T and the work-item bounds change with the batch: unspecialised, one compiled variant serves every size.
 @triton.jit(do_not_specialize=["T", "max_items"])
 def _sgmv_expand_kernel(
@@ -76,10 +50,10 @@ def _sgmv_expand_kernel(
     ranks_ptr,  # [NUM_SLICES, S] integer
     scales_ptr,  # [S] float32
     ws_ptr,  # [SPLIT_K, NUM_SLICES, T, BLOCK_R] fp32, from the shrink
-    tile_slot_ptr,  # [> tiles] int32 (LoraMeta's buffers)
-    tile_start_ptr,  # [> tiles] int32
-    tile_tokens_ptr,  # [> tiles * BLOCK_T] int32
-    tile_ranks_ptr,  # [tiles, >= NUM_SLICES] int32 when TILE_RANKS (else unused)
+    token_order_ptr,  # [>= T] int32
+    tile_slot_ptr,  # [>= num_tiles] int32
+    tile_start_ptr,  # [>= num_tiles] int32
+    tile_end_ptr,  # [>= num_tiles] int32
     num_tiles_ptr,  # [1] int32
     max_items,  # host bound on num_tiles * (G0 + G1 + G2)
     T,
@@ -91,7 +65,6 @@ def _sgmv_expand_kernel(
     stride_bn,
     stride_br,
     stride_rank_slice,
-    stride_tile_ranks,
     N0: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -108,7 +81,6 @@ def _sgmv_expand_kernel(
     BLOCK_N: tl.constexpr,
     N_BLOCKS: tl.constexpr,
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dot, not tf32
-    TILE_RANKS: tl.constexpr,  # ranks per tile from the metadata (one round of loads), not per slot
     PDL_WAIT: tl.constexpr,  # launched with PDL: wait for the shrink before reading ws
 ):
     """Semantics: for each tile (tokens p in [start, end) of slot s), slice i with r = ranks[i, s] > 0 and
@@ -116,16 +88,16 @@ def _sgmv_expand_kernel(
     Work items (tile, column group) are strided over the programs up to a host bound; items of tiles
     past num_tiles (read on device) do nothing."""
     groups: tl.constexpr = G0 + G1 + G2
-    # As in the shrink, each item's record is one round of loads; B and y of the first column block do
-    # not depend on the shrink, so they are in flight before the PDL wait.
+    # As in the shrink, the loads go in as few dependent rounds as possible; B and y of the first column
+    # block do not depend on the shrink, so they are in flight before the PDL wait.
     num_tiles = tl.load(num_tiles_ptr)
+    offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
     for w in range(tl.program_id(0), max_items, tl.num_programs(0)):
-        slot, pos, t_mask, tok, rank = expand_record(w, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr,
-                                                     ranks_ptr, stride_rank_slice, tile_ranks_ptr, stride_tile_ranks,
-                                                     G0, G1, G2, BLOCK_T, TILE_RANKS)
+        tile = w // groups
         g = w % groups
+        # Column groups run slice by slice: g in [0, G0) is slice 0, then G1 groups of slice 1, ...
         sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
         b_ptr = b0_ptr
         if NUM_SLICES > 1:
@@ -138,8 +110,14 @@ def _sgmv_expand_kernel(
         n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
         n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
         g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+        live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
+        slot = tl.load(tile_slot_ptr + tile)
+        pos = tl.load(tile_start_ptr + tile) + offs_t
+        t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
+        rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
+        scale = tl.load(scales_ptr + slot, mask=live, other=0.0)
+        tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
         if rank > 0:
-            scale = tl.load(scales_ptr + slot)
             r_mask = offs_r < rank
             # Load B's rank columns in whole 16-byte groups (one vector load each), then zero the
             # columns past the rank: the pool's padding is never trusted to be finite.
@@ -209,7 +187,6 @@ def sgmv_expand(
     grid = (min(max_items, num_sms(y.device) * cfg.programs_per_sm),)
     b1 = lora_b[1] if num_slices > 1 else b0
     b2 = lora_b[2] if num_slices > 2 else b0
-    tile_ranks, stride_tile_ranks, use_tile_ranks = rank_args(meta, ranks)
     _sgmv_expand_kernel[grid](
         y,
         b0,
@@ -218,10 +195,10 @@ def sgmv_expand(
         ranks,
         scales,
         ws,
+        meta.token_order,
         meta.tile_slot,
         meta.tile_start,
-        meta.tile_tokens,
-        tile_ranks,
+        meta.tile_end,
         meta.num_tiles,
         max_items,
         y.shape[0],
@@ -233,7 +210,6 @@ def sgmv_expand(
         b0.stride(1),
         b0.stride(2),
         ranks.stride(0),
-        stride_tile_ranks,
         N0=widths[0],
         N1=widths[1],
         N2=widths[2],
@@ -250,7 +226,6 @@ def sgmv_expand(
         BLOCK_N=block_n,
         N_BLOCKS=cfg.n_blocks,
         IEEE_DOT=b0.dtype == torch.float32,
-        TILE_RANKS=use_tile_ranks,
         PDL_WAIT=pdl,
         num_warps=cfg.expand_warps,
         **({"launch_pdl": True} if pdl else {}),

@@ -8,7 +8,6 @@ import triton.language as tl
 
 from .configs import FusedConfig, fused_group_width
 from .meta import LoraMeta
-from .tile_record import rank_args, tile_record
 
 __all__ = ["sgmv_fused"]
 
@@ -25,10 +24,10 @@ def _sgmv_fused_kernel(
     b2_ptr,  # [S, N2, R] slice 2 (b0 again when NUM_SLICES < 3)
     ranks_ptr,  # [NUM_SLICES, S] integer
     scales_ptr,  # [S] float32
-    tile_slot_ptr,  # [> grid tiles] int32 (LoraMeta's buffers)
+    token_order_ptr,  # [>= T] int32: token index at each sorted position
+    tile_slot_ptr,  # [> grid tiles] int32
     tile_start_ptr,  # [> grid tiles] int32
-    tile_tokens_ptr,  # [> grid tiles * BLOCK_T] int32
-    tile_ranks_ptr,  # [grid tiles, >= NUM_SLICES] int32 when TILE_RANKS (else unused)
+    tile_end_ptr,  # [> grid tiles] int32
     num_tiles_ptr,  # [1] int32
     K,
     stride_xt,
@@ -44,7 +43,6 @@ def _sgmv_fused_kernel(
     stride_bn,
     stride_br,
     stride_rank_slice,
-    stride_tile_ranks,
     N0: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
@@ -61,7 +59,6 @@ def _sgmv_fused_kernel(
     N_BLOCKS: tl.constexpr,
     STAGES: tl.constexpr,
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dot, not tf32
-    TILE_RANKS: tl.constexpr,  # ranks per tile from the metadata (one round of loads), not per slot
 ):
     """Semantics: for each tile (tokens p in [start, end) of slot s), slice i with r = ranks[i, s] > 0 and
     column group g of slice i: h = x[order[p]] @ A_i[s, :r].T over the whole K (fp32), then
@@ -70,13 +67,14 @@ def _sgmv_fused_kernel(
     (read on device) do nothing. Every column group of a tile recomputes h: A comes from L2 after the first."""
     g = tl.program_id(0)
     tile = tl.program_id(1)
-    # One round of loads before x and A: the tile's record (kernels/tile_record.py), with num_tiles.
+    # Three dependent rounds of loads before x and A: the tile's record (with num_tiles), its slot's rank
+    # and its token indices, then the data.
     num_tiles = tl.load(num_tiles_ptr)
-    sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
-    slot, pos, t_mask, tok, rank = tile_record(tile, sl, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr,
-                                               ranks_ptr, stride_rank_slice, tile_ranks_ptr, stride_tile_ranks,
-                                               BLOCK_T, TILE_RANKS)
-    if rank > 0:  # 0 for a stale record past num_tiles: nothing below may read through it
+    slot = tl.load(tile_slot_ptr + tile)
+    start = tl.load(tile_start_ptr + tile)
+    end = tl.load(tile_end_ptr + tile)
+    if tile < num_tiles:  # records past num_tiles are stale: nothing below may read through them
+        sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
         a_ptr = a0_ptr
         b_ptr = b0_ptr
         if NUM_SLICES > 1:
@@ -91,72 +89,78 @@ def _sgmv_fused_kernel(
         n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
         n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
         g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+        rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot)
+        offs_t = tl.arange(0, BLOCK_T)
         offs_r = tl.arange(0, BLOCK_R)
         offs_k = tl.arange(0, BLOCK_K)
         offs_n = tl.arange(0, BLOCK_N)
-        scale = tl.load(scales_ptr + slot)
-        r_mask = offs_r < rank
-        # B's rank columns load in whole 16-byte groups (one vector load each); the columns past the
-        # rank are zeroed before use: the pool's padding is never trusted to be finite.
-        r_load = (offs_r // R_VEC) < tl.cdiv(rank, R_VEC)
-        n0 = g * (N_BLOCKS * BLOCK_N)
-        b_ptrs = (
-            b_ptr
-            + slot.to(tl.int64) * stride_bs
-            + (n0 + offs_n)[:, None] * stride_bn
-            + offs_r[None, :] * stride_br
-        )
-        y_ptrs = y_ptr + tok[:, None] * stride_yt + (n_off + n0 + offs_n)[None, :] * stride_yn
-        if EVEN_N:
-            b_mask = r_load[None, :]
-            y_mask = t_mask[:, None]
-        else:
-            n_mask = (n0 + offs_n) < n_size
-            b_mask = n_mask[:, None] & r_load[None, :]
-            y_mask = t_mask[:, None] & n_mask[None, :]
-        # The first column block's B and y do not depend on the shrink: in flight during it.
-        bv = tl.load(b_ptrs, mask=b_mask, other=0.0)
-        yv = tl.load(y_ptrs, mask=y_mask, other=0.0)
-
-        x_ptrs = x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk
-        a_ptrs = a_ptr + slot.to(tl.int64) * stride_as + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak
-        h = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-        for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-            if EVEN_K:
-                xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
-                av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
-            else:
-                k_mask = (k + offs_k) < K
-                xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
-                av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
-            if IEEE_DOT:
-                h = tl.dot(xv, tl.trans(av), h, input_precision="ieee")
-            else:
-                h = tl.dot(xv, tl.trans(av), h)
-            x_ptrs += BLOCK_K * stride_xk
-            a_ptrs += BLOCK_K * stride_ak
-        p = (h * scale).to(b_ptr.dtype.element_ty)
-
-        for nb in range(N_BLOCKS):
-            bv = tl.where(r_mask[None, :], bv, 0.0)
-            if IEEE_DOT:
-                delta = tl.dot(p, tl.trans(bv), input_precision="ieee")
-            else:
-                delta = tl.dot(p, tl.trans(bv))
-            tl.store(y_ptrs, (yv.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=y_mask)
-            # Prefetch the next column block (all masked off after the last one).
-            more = nb + 1 < N_BLOCKS
-            b_ptrs += BLOCK_N * stride_bn
-            y_ptrs += BLOCK_N * stride_yn
+        pos = start + offs_t
+        t_mask = pos < end
+        tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
+        if rank > 0:
+            scale = tl.load(scales_ptr + slot)
+            r_mask = offs_r < rank
+            # B's rank columns load in whole 16-byte groups (one vector load each); the columns past the
+            # rank are zeroed before use: the pool's padding is never trusted to be finite.
+            r_load = (offs_r // R_VEC) < tl.cdiv(rank, R_VEC)
+            n0 = g * (N_BLOCKS * BLOCK_N)
+            b_ptrs = (
+                b_ptr
+                + slot.to(tl.int64) * stride_bs
+                + (n0 + offs_n)[:, None] * stride_bn
+                + offs_r[None, :] * stride_br
+            )
+            y_ptrs = y_ptr + tok[:, None] * stride_yt + (n_off + n0 + offs_n)[None, :] * stride_yn
             if EVEN_N:
-                b_mask = r_load[None, :] & more
-                y_mask = t_mask[:, None] & more
+                b_mask = r_load[None, :]
+                y_mask = t_mask[:, None]
             else:
-                n_mask = ((n0 + (nb + 1) * BLOCK_N + offs_n) < n_size) & more
+                n_mask = (n0 + offs_n) < n_size
                 b_mask = n_mask[:, None] & r_load[None, :]
                 y_mask = t_mask[:, None] & n_mask[None, :]
+            # The first column block's B and y do not depend on the shrink: in flight during it.
             bv = tl.load(b_ptrs, mask=b_mask, other=0.0)
             yv = tl.load(y_ptrs, mask=y_mask, other=0.0)
+
+            x_ptrs = x_ptr + tok[:, None] * stride_xt + offs_k[None, :] * stride_xk
+            a_ptrs = a_ptr + slot.to(tl.int64) * stride_as + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak
+            h = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+            for k in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+                if EVEN_K:
+                    xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
+                    av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
+                else:
+                    k_mask = (k + offs_k) < K
+                    xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
+                    av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
+                if IEEE_DOT:
+                    h = tl.dot(xv, tl.trans(av), h, input_precision="ieee")
+                else:
+                    h = tl.dot(xv, tl.trans(av), h)
+                x_ptrs += BLOCK_K * stride_xk
+                a_ptrs += BLOCK_K * stride_ak
+            p = (h * scale).to(b_ptr.dtype.element_ty)
+
+            for nb in range(N_BLOCKS):
+                bv = tl.where(r_mask[None, :], bv, 0.0)
+                if IEEE_DOT:
+                    delta = tl.dot(p, tl.trans(bv), input_precision="ieee")
+                else:
+                    delta = tl.dot(p, tl.trans(bv))
+                tl.store(y_ptrs, (yv.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=y_mask)
+                # Prefetch the next column block (all masked off after the last one).
+                more = nb + 1 < N_BLOCKS
+                b_ptrs += BLOCK_N * stride_bn
+                y_ptrs += BLOCK_N * stride_yn
+                if EVEN_N:
+                    b_mask = r_load[None, :] & more
+                    y_mask = t_mask[:, None] & more
+                else:
+                    n_mask = ((n0 + (nb + 1) * BLOCK_N + offs_n) < n_size) & more
+                    b_mask = n_mask[:, None] & r_load[None, :]
+                    y_mask = t_mask[:, None] & n_mask[None, :]
+                bv = tl.load(b_ptrs, mask=b_mask, other=0.0)
+                yv = tl.load(y_ptrs, mask=y_mask, other=0.0)
 
 
 def sgmv_fused(
@@ -189,7 +193,6 @@ def sgmv_fused(
         raise ValueError(f"the one-launch path takes at most 65535 tiles, got a bound of {tiles}")
     a1, b1 = (lora_a[1], lora_b[1]) if num_slices > 1 else (a0, b0)
     a2, b2 = (lora_a[2], lora_b[2]) if num_slices > 2 else (a0, b0)
-    tile_ranks, stride_tile_ranks, use_tile_ranks = rank_args(meta, ranks)
     # Column groups on the fast axis: every group of a live tile is dispatched before any dead tile.
     _sgmv_fused_kernel[(sum(groups), tiles)](
         y,
@@ -202,10 +205,10 @@ def sgmv_fused(
         b2,
         ranks,
         scales,
+        meta.token_order,
         meta.tile_slot,
         meta.tile_start,
-        meta.tile_tokens,
-        tile_ranks,
+        meta.tile_end,
         meta.num_tiles,
         k,
         x.stride(0),
@@ -221,7 +224,6 @@ def sgmv_fused(
         b0.stride(1),
         b0.stride(2),
         ranks.stride(0),
-        stride_tile_ranks,
         N0=widths[0],
         N1=widths[1],
         N2=widths[2],
@@ -238,7 +240,6 @@ def sgmv_fused(
         N_BLOCKS=cfg.n_blocks,
         STAGES=cfg.stages,
         IEEE_DOT=x.dtype == torch.float32,
-        TILE_RANKS=use_tile_ranks,
         num_warps=cfg.warps,
     )
     return y

@@ -8,7 +8,6 @@ import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
-from .tile_record import rank_args, tile_record
 
 __all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
 
@@ -29,16 +28,17 @@ def split_plan(k: int, cfg: SgmvConfig, max_tiles: int) -> tuple[int, int, int]:
 @triton.jit
 def _shrink_item(
     w,  # work item: (tile, slice, split) = (w // (SPLIT_K * NUM_SLICES), w // SPLIT_K % NUM_SLICES, w % SPLIT_K)
-    slot,  # the item's tile record (kernels/tile_record.py)
-    pos,
-    rows,
-    tok,
-    rank,
+    num_tiles,
     x_ptr,
     a0_ptr,
     a1_ptr,
     a2_ptr,
+    ranks_ptr,
     ws_ptr,
+    token_order_ptr,
+    tile_slot_ptr,
+    tile_start_ptr,
+    tile_end_ptr,
     T,
     K,
     stride_xt,
@@ -46,6 +46,7 @@ def _shrink_item(
     stride_as,
     stride_ar,
     stride_ak,
+    stride_rank_slice,
     NUM_SLICES: tl.constexpr,
     SPLIT_K: tl.constexpr,
     K_CHUNK: tl.constexpr,
@@ -56,12 +57,22 @@ def _shrink_item(
     STAGES: tl.constexpr,
     IEEE_DOT: tl.constexpr,
 ):
-    """One shrink work item (the loop body of _sgmv_shrink_kernel, shared with kernels/sgmv_coop.py), on
-    its tile's record: x's and A's K chunk, then the partial product into the workspace."""
+    """One shrink work item (the loop body of _sgmv_shrink_kernel, shared with kernels/sgmv_coop.py).
+
+    Small batches are latency-bound (a few dependent misses to HBM): the tile's record is loaded in one
+    round (num_tiles came with it), then its rank and token indices together, then x and A."""
+    offs_t = tl.arange(0, BLOCK_T)
     offs_r = tl.arange(0, BLOCK_R)
     offs_k = tl.arange(0, BLOCK_K)
     split = w % SPLIT_K
     sl = (w // SPLIT_K) % NUM_SLICES
+    tile = w // (SPLIT_K * NUM_SLICES)
+    live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
+    slot = tl.load(tile_slot_ptr + tile)
+    pos = tl.load(tile_start_ptr + tile) + offs_t
+    t_mask = (pos < tl.load(tile_end_ptr + tile)) & live
+    rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
+    tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
     if rank > 0:
         a_ptr = a0_ptr
         if NUM_SLICES > 1:
@@ -82,11 +93,11 @@ def _shrink_item(
         acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
         for k in tl.range(0, K_CHUNK, BLOCK_K, num_stages=STAGES):
             if EVEN_K:
-                xv = tl.load(x_ptrs, mask=rows[:, None], other=0.0)
+                xv = tl.load(x_ptrs, mask=t_mask[:, None], other=0.0)
                 av = tl.load(a_ptrs, mask=r_mask[:, None], other=0.0)
             else:
                 k_mask = (k0 + k + offs_k) < K
-                xv = tl.load(x_ptrs, mask=rows[:, None] & k_mask[None, :], other=0.0)
+                xv = tl.load(x_ptrs, mask=t_mask[:, None] & k_mask[None, :], other=0.0)
                 av = tl.load(a_ptrs, mask=r_mask[:, None] & k_mask[None, :], other=0.0)
             if IEEE_DOT:
                 acc = tl.dot(xv, tl.trans(av), acc, input_precision="ieee")
@@ -95,29 +106,7 @@ def _shrink_item(
             x_ptrs += BLOCK_K * stride_xk
             a_ptrs += BLOCK_K * stride_ak
         ws_ptrs = ws_ptr + ((split * NUM_SLICES + sl) * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
-        tl.store(ws_ptrs, acc, mask=rows[:, None])
-
-
-@triton.jit
-def shrink_record(
-    w,
-    num_tiles,
-    tile_slot_ptr,
-    tile_start_ptr,
-    tile_tokens_ptr,
-    ranks_ptr,
-    stride_rank_slice,
-    tile_ranks_ptr,
-    stride_tile_ranks,
-    NUM_SLICES: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    TILE_RANKS: tl.constexpr,
-):
-    """The tile record of shrink item w."""
-    return tile_record(w // (SPLIT_K * NUM_SLICES), (w // SPLIT_K) % NUM_SLICES, num_tiles, tile_slot_ptr,
-                       tile_start_ptr, tile_tokens_ptr, ranks_ptr, stride_rank_slice, tile_ranks_ptr,
-                       stride_tile_ranks, BLOCK_T, TILE_RANKS)
+        tl.store(ws_ptrs, acc, mask=t_mask[:, None])
 
 
 # T and the work-item bounds change with the batch: unspecialised, one compiled variant serves every size.
@@ -129,10 +118,10 @@ def _sgmv_shrink_kernel(
     a2_ptr,  # [S, R, K] slice 2 (a0 again when NUM_SLICES < 3)
     ranks_ptr,  # [NUM_SLICES, S] integer
     ws_ptr,  # [SPLIT_K, NUM_SLICES, T, BLOCK_R] fp32, written
-    tile_slot_ptr,  # [> tiles] int32 (LoraMeta's buffers)
-    tile_start_ptr,  # [> tiles] int32
-    tile_tokens_ptr,  # [> tiles * BLOCK_T] int32
-    tile_ranks_ptr,  # [tiles, >= NUM_SLICES] int32 when TILE_RANKS (else unused)
+    token_order_ptr,  # [>= T] int32: token index at each sorted position
+    tile_slot_ptr,  # [>= num_tiles] int32
+    tile_start_ptr,  # [>= num_tiles] int32
+    tile_end_ptr,  # [>= num_tiles] int32
     num_tiles_ptr,  # [1] int32
     max_items,  # host bound on num_tiles * NUM_SLICES * SPLIT_K
     T,
@@ -143,7 +132,6 @@ def _sgmv_shrink_kernel(
     stride_ar,
     stride_ak,
     stride_rank_slice,
-    stride_tile_ranks,
     NUM_SLICES: tl.constexpr,
     SPLIT_K: tl.constexpr,
     K_CHUNK: tl.constexpr,  # a multiple of BLOCK_K; SPLIT_K * K_CHUNK >= K
@@ -153,7 +141,6 @@ def _sgmv_shrink_kernel(
     BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr,
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dot, not tf32
-    TILE_RANKS: tl.constexpr,  # ranks per tile from the metadata (one round of loads), not per slot
     LAUNCH_DEPENDENTS: tl.constexpr,  # let a PDL-launched expand start now
 ):
     """Semantics: for each tile (tokens p in [start, end) of one slot s), slice i with r = ranks[i, s] > 0
@@ -164,12 +151,10 @@ def _sgmv_shrink_kernel(
         tl.extra.cuda.gdc_launch_dependents()
     num_tiles = tl.load(num_tiles_ptr)
     for w in range(tl.program_id(0), max_items, tl.num_programs(0)):
-        slot, pos, rows, tok, rank = shrink_record(w, num_tiles, tile_slot_ptr, tile_start_ptr, tile_tokens_ptr,
-                                                   ranks_ptr, stride_rank_slice, tile_ranks_ptr, stride_tile_ranks,
-                                                   NUM_SLICES, SPLIT_K, BLOCK_T, TILE_RANKS)
-        _shrink_item(w, slot, pos, rows, tok, rank, x_ptr, a0_ptr, a1_ptr, a2_ptr, ws_ptr, T, K, stride_xt,
-                     stride_xk, stride_as, stride_ar, stride_ak, NUM_SLICES, SPLIT_K, K_CHUNK, EVEN_K, BLOCK_T, BLOCK_R,
-                     BLOCK_K, STAGES, IEEE_DOT)
+        _shrink_item(w, num_tiles, x_ptr, a0_ptr, a1_ptr, a2_ptr, ranks_ptr, ws_ptr, token_order_ptr, tile_slot_ptr,
+                     tile_start_ptr, tile_end_ptr, T, K, stride_xt, stride_xk, stride_as, stride_ar, stride_ak,
+                     stride_rank_slice, NUM_SLICES, SPLIT_K, K_CHUNK, EVEN_K, BLOCK_T, BLOCK_R, BLOCK_K, STAGES,
+                     IEEE_DOT)
 
 
 def sgmv_shrink(
@@ -197,7 +182,6 @@ def sgmv_shrink(
     grid = (min(max_items, num_sms(x.device) * cfg.programs_per_sm),)
     a1 = lora_a[1] if num_slices > 1 else a0
     a2 = lora_a[2] if num_slices > 2 else a0
-    tile_ranks, stride_tile_ranks, use_tile_ranks = rank_args(meta, ranks)
     _sgmv_shrink_kernel[grid](
         x,
         a0,
@@ -205,10 +189,10 @@ def sgmv_shrink(
         a2,
         ranks,
         ws,
+        meta.token_order,
         meta.tile_slot,
         meta.tile_start,
-        meta.tile_tokens,
-        tile_ranks,
+        meta.tile_end,
         meta.num_tiles,
         max_items,
         t,
@@ -219,7 +203,6 @@ def sgmv_shrink(
         a0.stride(1),
         a0.stride(2),
         ranks.stride(0),
-        stride_tile_ranks,
         NUM_SLICES=num_slices,
         SPLIT_K=split_k,
         K_CHUNK=k_chunk,
@@ -229,7 +212,6 @@ def sgmv_shrink(
         BLOCK_K=block_k,
         STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
-        TILE_RANKS=use_tile_ranks,
         LAUNCH_DEPENDENTS=pdl,
         num_warps=cfg.shrink_warps,
     )

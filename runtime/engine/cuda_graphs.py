@@ -150,7 +150,6 @@ class DecodeGraphs(CapturedBuckets):
         max_context_len: int,  # bounds every context length: fixes the attention's split count
         capture: bool,
         device: torch.device,
-        rank_table: torch.Tensor | None = None,  # the slot pool's ranks [L, P, S]: per-tile ranks (kernels/meta.py)
     ):
         self.model = model
         self.kv_cache = kv_cache
@@ -167,7 +166,7 @@ class DecodeGraphs(CapturedBuckets):
         self._tables = torch.zeros(max_batch * max_blocks_per_seq, **i64)
         self._arange = torch.arange(max_batch, **i64)
         self._zeros = torch.zeros(max_batch, **i64)
-        self._lora_meta = LoraMeta(max_batch, device, rank_table=rank_table)
+        self._lora_meta = LoraMeta(max_batch, device)
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._failed: set[tuple[int, bool]] = set()
         self._pool = None

@@ -204,7 +204,7 @@ class Engine:
             device=self.device,
         )
         self._attach_lora_buffers()
-        self._lora_meta = LoraMeta(config.max_num_batched_tokens, self.device, rank_table=self.slot_pool.ranks)
+        self._lora_meta = LoraMeta(config.max_num_batched_tokens, self.device)
         spec = AdapterSpec(mc.num_layers, shapes, config.max_lora_rank, config.max_adapter_bytes)
         self.adapters = AdapterCache(
             self.slot_pool, spec, cpu_budget_bytes=config.cpu_adapter_cache_bytes, device=self.device
@@ -249,7 +249,6 @@ class Engine:
                 max_context_len=self.max_model_len,
                 capture=True,
                 device=self.device,
-                rank_table=self.slot_pool.ranks,
             )
         self._mixed: MixedGraphs | None = None
         if use_graphs and config.piecewise_graphs:
@@ -261,7 +260,6 @@ class Engine:
                 scratch_slot=num_blocks * config.block_size,
                 capture=True,
                 device=self.device,
-                rank_table=self.slot_pool.ranks,
             )
         self._arange = torch.arange(max(config.max_num_batched_tokens, config.max_num_seqs), device=self.device)
         self._generator = torch.Generator(self.device).manual_seed(config.seed)

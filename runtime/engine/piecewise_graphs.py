@@ -65,7 +65,6 @@ class MixedGraphs(CapturedBuckets):
         scratch_slot: int,  # a flat KV slot of a block no sequence owns
         capture: bool,
         device: torch.device,
-        rank_table: torch.Tensor | None = None,  # the slot pool's ranks [L, P, S]: per-tile ranks (kernels/meta.py)
     ):
         self.model = model
         self.kv_cache = kv_cache
@@ -90,7 +89,7 @@ class MixedGraphs(CapturedBuckets):
         self._attn = torch.zeros(max_tokens, c.q_size, **act)
         self._residual = torch.zeros(max_tokens, c.hidden_size, **act)
         self._logits = torch.zeros(max_rows, c.vocab_size, dtype=torch.float32, device=device)
-        self._lora_meta = LoraMeta(max_tokens, device, rank_table=rank_table)
+        self._lora_meta = LoraMeta(max_tokens, device)
         self._graphs: dict[tuple[int, bool], list[torch.cuda.CUDAGraph]] = {}
         self._failed: set[tuple[int, bool]] = set()
         self._pool = None

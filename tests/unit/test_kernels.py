@@ -10,7 +10,7 @@ from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused, lora_appl
 
 def _poisoned_meta(max_tokens: int) -> LoraMeta:
     meta = LoraMeta(max_tokens, "cpu")
-    for buf in (meta.token_order, meta.tile_slot, meta.tile_start, meta.tile_end, meta.num_tiles, meta.tile_tokens):
+    for buf in (meta.token_order, meta.tile_slot, meta.tile_start, meta.tile_end, meta.num_tiles):
         buf.fill_(-777)
     return meta
 
@@ -36,13 +36,6 @@ def _check_meta(meta: LoraMeta, slots: torch.Tensor, block_t: int, num_slots: in
     # Fewest tiles: a segment of length l takes ceil(l / block_t) of them.
     counts = torch.bincount(slots[slots >= 0].long(), minlength=num_slots)
     assert n == int(((counts + block_t - 1) // block_t).sum())
-    # Tile-major tokens: each tile's lanes hold its tokens in sorted order, then -1; so do the lanes of
-    # every tile up to t (the kernels may read them up to their host bound on the tiles).
-    lanes = meta.tile_tokens[: t * block_t].view(t, block_t).long()
-    expected = torch.full((t, block_t), -1, dtype=torch.long)
-    for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-        expected[i, : end - start] = order[start:end]
-    assert torch.equal(lanes, expected)
 
 
 @pytest.mark.parametrize("block_t", [1, 16, 64])
@@ -80,31 +73,6 @@ def test_meta_build_defaults_block_t_from_the_table_and_handles_empty_batches() 
     assert meta.block_t >= 1 and int(meta.num_tiles) == 1
     meta.build(torch.zeros(0, dtype=torch.int32))
     assert meta.num_tokens == 0 and int(meta.num_tiles) == 0 and meta.max_tiles(4) == 0
-
-
-def test_meta_gathers_each_tiles_ranks_from_its_rank_table() -> None:
-    gen = torch.Generator().manual_seed(3)
-    table = torch.randint(0, 65, (4, 3, 9), generator=gen, dtype=torch.int32)  # [layers, projections, S]
-    meta = LoraMeta(40, "cpu", rank_table=table)
-    meta.tile_ranks.fill_(-777)
-    slots = torch.randint(-1, 9, (40,), generator=gen, dtype=torch.int32)
-    meta.build(slots, block_t=4)
-    _check_meta(meta, slots, 4, 9)
-    n = int(meta.num_tiles)
-    tile_slot = meta.tile_slot[:n].long()
-    assert torch.equal(meta.tile_ranks[:n], table.view(12, 9)[:, tile_slot].T)
-    # A layer's view of the table (rows 1 and 2 of layer 2, as a fused layer passes them) reads per tile.
-    view = meta.tile_rank_view(table[2, 1:3])
-    assert view is not None and torch.equal(view[:n], table[2, 1:3][:, tile_slot].T)
-    assert meta.tile_rank_view(table[2, 1:3].unsqueeze(0)[0]) is not None
-    # Anything else is read per slot: a copy, another dtype, a column slice, another table, no table.
-    for other in (table[2, 1:3].clone(), table[2, 1:3].long(), table[2, :, :5], table.view(12, 9)[::2]):
-        assert meta.tile_rank_view(other) is None
-    assert LoraMeta(40, "cpu").tile_rank_view(table[0]) is None
-    with pytest.raises(ValueError, match="int32"):
-        LoraMeta(4, "cpu", rank_table=table.long())
-    with pytest.raises(ValueError, match="block_t"):
-        meta.build(slots, block_t=65)
 
 
 def test_meta_rejects_bad_inputs() -> None:

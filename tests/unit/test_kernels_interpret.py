@@ -41,7 +41,6 @@ class Case:
     k_chunk: int | None = None  # override: K per split
     max_splits: int | None = None  # override: most K splits
     hint: bool = False  # build the LoraMeta with num_adapters = the batch's distinct slots (implies meta)
-    tile_ranks: bool = False  # ranks are rows of the LoraMeta's rank table: the kernels read per-tile ranks
 
 
 CASES = (
@@ -70,11 +69,6 @@ CASES = (
     Case("many_splits", 21, 1100, (40, 24), 5, 16, "random", k_chunk=32, max_splits=64),
     # One adapter, one tile: the table's few-tiles rule cuts K into 25 chunks instead of 13.
     Case("few_tiles_long_k", 9, 1600, (40,), 3, 16, "shared", hint=True),
-    # Ranks read per tile from the metadata (LoraMeta's rank table, as the engine's slot pool passes them).
-    Case("tile_ranks", 37, 200, (150,), 5, 24, "random", tile_ranks=True),
-    Case("tile_ranks_qkv", 33, 96, (48, 16, 16), 6, 16, "random", tile_ranks=True),
-    Case("tile_ranks_distinct", 45, 136, (72, 40), 64, 16, "distinct", tile_ranks=True),
-    Case("tile_ranks_pad64", 23, 128, (64,), 6, 64, "two", tile_ranks=True, hint=True),
 )
 PATHS = ("auto", "one", "two", "coop")
 
@@ -145,24 +139,15 @@ def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
     from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
 
-    table = None
-    if case.tile_ranks:  # the case's ranks become rows 2.. of a table whose other rows hold other ranks
-        n, s = inp["ranks"].shape
-        table = torch.randint(0, 100, (n + 3, s), dtype=torch.int32).to(inp["x"].device)
-        table[2 : 2 + n] = inp["ranks"]
-        inp["ranks"] = table[2 : 2 + n]
     args = (inp["y"], inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"], inp["token_slots"])
     meta = None
-    if case.meta or case.hint or case.block_t is not None or case.tile_ranks:
-        meta = LoraMeta(case.t + 5, inp["x"].device, rank_table=table)
-        for buf in (meta.token_order, meta.tile_slot, meta.tile_start, meta.tile_end, meta.num_tiles,
-                    meta.tile_tokens, *(() if table is None else (meta.tile_ranks,))):
+    if case.meta or case.hint or case.block_t is not None:
+        meta = LoraMeta(case.t + 5, inp["x"].device)
+        for buf in (meta.token_order, meta.tile_slot, meta.tile_start, meta.tile_end, meta.num_tiles):
             buf.fill_(12345)
         slots = inp["token_slots"].cpu()
         hint = len(set(slots[slots >= 0].tolist())) if case.hint else None
         meta.build(inp["token_slots"], case.block_t, num_adapters=hint)
-        if case.tile_ranks:
-            assert meta.tile_rank_view(inp["ranks"]) is not None and meta.tile_rank_view(inp["ranks"][0]) is None
     if (case.block_t is not None or case.max_splits is not None) and path != "one":
         from loraledger.kernels.configs import sgmv_config
 
