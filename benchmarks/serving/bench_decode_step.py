@@ -20,6 +20,10 @@ with the copy bandwidth of a 1 GiB device-to-device copy (read + write) and the 
 both measured in the same run. `gpu_vs_roofline` is the step's GPU time over that floor (issue 5's goals:
 ≤ 1.5 for no LoRA at B ≥ 64, ≤ 1.3 for Punica's setting); `wall_vs_roofline` adds the host's share.
 
+With --profile, a few more replays run under torch.profiler and the step's GPU time is split by kernel
+(`kernel_breakdown`: microseconds per step for LoRA, attention, matmuls, the fused elementwise kernels and the
+rest, the top kernels, and the gaps: graph time not covered by any kernel).
+
 The GPU time replays the engine's own captured graph (Engine._graphs, the DecodeGraphs runner): the only
 private attribute this harness reads. Where it cannot be found (the runner's layout changed, or CPU), the
 GPU time is left out and only the wall time is reported.
@@ -28,7 +32,9 @@ GPU time is left out and only the wall time is reported.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -106,6 +112,44 @@ def replay_ms(graph, replays: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
+_KERNEL_KINDS = (  # (kind, pattern of the kernel's name), first match wins
+    ("lora", r"_sgmv"),
+    ("attention", r"paged_attention|flash|fmha|attention"),
+    ("matmul", r"gemm|gemv|cutlass|xmma|nvjet|cublas|splitk"),
+    ("fused_elementwise", r"rms|silu|rotary|_fused"),
+)
+
+
+def kernel_breakdown(graph, replays: int, step_ms: float) -> dict:
+    """The kernels of `replays` graph replays under torch.profiler: microseconds per step by kind, the top 12
+    kernels, and the gaps (step GPU time minus the kernels' time; negative where kernels overlap)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    by_kind, by_name = collections.Counter(), collections.Counter()
+    launches = 0
+    for avg in prof.key_averages():
+        us = getattr(avg, "device_time_total", 0.0) or getattr(avg, "cuda_time_total", 0.0)
+        if us <= 0 or avg.key.startswith(("Memcpy", "Memset")) or "cudaGraph" in avg.key:
+            continue
+        kind = next((k for k, pattern in _KERNEL_KINDS if re.search(pattern, avg.key, re.I)), "other")
+        by_kind[kind] += us / replays
+        by_name[avg.key[:90]] += us / replays
+        launches += avg.count / replays
+    total = sum(by_kind.values())
+    return {
+        "kernels_per_step": launches,
+        "kernel_us": total,
+        "gap_us": 1e3 * step_ms - total,
+        "by_kind_us": dict(by_kind.most_common()),
+        "top_us": dict(by_name.most_common(12)),
+    }
+
+
 def measure(engine: Engine, args, *, batch: int, adapter_ids: list[str] | None, vocab: int) -> dict:
     """Fills the engine with `batch` decoding sequences, times steps and the graph, then aborts them."""
     g = torch.Generator().manual_seed(batch)
@@ -154,6 +198,11 @@ def measure(engine: Engine, args, *, batch: int, adapter_ids: list[str] | None, 
     if graph is not None:
         result["gpu_step_ms"] = replay_ms(graph, args.replays)
         result["host_ms"] = result["step_wall_ms_p50"] - result["gpu_step_ms"]
+        if args.profile:
+            try:
+                result["kernel_breakdown"] = kernel_breakdown(graph, 5, result["gpu_step_ms"])
+            except Exception as exc:  # noqa: BLE001 - the profiler's failure is reported, the row kept
+                result["kernel_breakdown"] = {"error": f"{type(exc).__name__}: {exc}"}
     elif engine.device.type == "cuda":
         log(f"no captured decode graph found for bucket {batch}: GPU time left out (Engine._graphs changed?)")
     for rid in rids:
@@ -180,6 +229,7 @@ def main() -> None:
     p.add_argument("--register-workers", type=int, default=8)
     p.add_argument("--fill-timeout-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="split each step's GPU time by kernel (torch.profiler)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -261,9 +311,11 @@ def _line(row: dict) -> str:
     gpu_part = (
         "" if gpu is None else f"gpu {gpu:.3f} ms ({row['gpu_vs_roofline']:.2f}x)  host {row['host_ms']:.3f} ms  "
     )
+    kinds = row.get("kernel_breakdown", {}).get("by_kind_us")
+    kind_part = "" if not kinds else "  kernels us: " + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())
     return (f"{row['setting']:>7} B={row['batch']:<4} wall {row['step_wall_ms_p50']:.3f} ms "
             f"({row['wall_vs_roofline']:.2f}x)  {gpu_part}roofline {row['roofline_ms']:.3f} ms "
-            f"(mem {row['memory_floor_ms']:.3f}, flop {row['flop_floor_ms']:.3f})")  # fmt: skip
+            f"(mem {row['memory_floor_ms']:.3f}, flop {row['flop_floor_ms']:.3f}){kind_part}")  # fmt: skip
 
 
 if __name__ == "__main__":
