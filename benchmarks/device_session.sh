@@ -164,6 +164,28 @@ elif [[ "${PART}" == 18 ]]; then  # fourth session, call 2: the decode step with
         --steps 10 --replays 30 --json "$OUT/decode_step_8b.json"
     run decode_step_1b 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
         --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
+elif [[ "${PART}" == 20 ]]; then  # fourth session, call 3: where the decode step's GPU time goes (profiled by kernel
+    # kind) at 8B and 1B; the paged attention kernel's launch configs per decode shape
+    run decode_step_8b_profile 200 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 --context 512 \
+        --steps 10 --replays 30 --profile --json "$OUT/decode_step_8b_profile.json"
+    grep -E "B=" "$OUT/decode_step_8b_profile.log" | head
+    run decode_step_1b_profile 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 \
+        --context 512 --steps 20 --replays 40 --profile --json "$OUT/decode_step_1b_profile.json"
+    grep -E "B=" "$OUT/decode_step_1b_profile.log" | head
+    run paged_attention_sweep 220 $PY benchmarks/kernels/sweep_paged_attention.py --json "$OUT/paged_attention_sweep.json"
+    cat "$OUT/paged_attention_sweep.log"
+elif [[ "${PART}" == 21 ]]; then  # fourth session, call 4: tiles under 16 tokens (the expand without a dot): the
+    # sweep of block_t with the expand's warps and column block, decode buckets T <= 64 and <= 256
+    ONLY=block_t,bt,expand_warps,block_n
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_sgmv.py --compile-only --shard $i/8 --buckets 64,256 \
+            --only $ONLY) >"/tmp/sweep_compile_$i.log" 2>&1 &
+    done
+    wait
+    cat /tmp/sweep_compile_*.log | tail -n 5
+    (cd benchmarks/kernels && run sweep_small_tiles 330 $PY sweep_sgmv.py --buckets 64,256 --only $ONLY \
+        --out "$OUT/sweep_small_tiles")
+    cat "$OUT/sweep_small_tiles.log"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -49,6 +49,7 @@ FIELDS = {
     "expand_warps": (2, 4, 8),
     "block_n": (64, 128, 256, 512),
     "n_blocks": (1, 2, 4, 8),
+    "block_t": (1, 2, 4, 8),  # tiles under 16 tokens: the expand sums over the rank instead of a dot
 }
 # a few joint moves that one-at-a-time cannot find: small programs, many of them
 JOINT = {
@@ -67,10 +68,23 @@ JOINT = {
                  "n_blocks": 1, "expand_warps": 8},
     "one_load_p16": {"k_chunk": 512, "block_k": 512, "shrink_stages": 1, "shrink_warps": 4, "block_n": 256,
                      "n_blocks": 1, "expand_warps": 4, "programs_per_sm": 16},
+    # small tiles with the expand's warps and column block to match
+    "bt1_w4": {"block_t": 1, "expand_warps": 4},
+    "bt1_w2": {"block_t": 1, "expand_warps": 2},
+    "bt1_w4_n512": {"block_t": 1, "expand_warps": 4, "block_n": 512},
+    "bt1_w4_n128": {"block_t": 1, "expand_warps": 4, "block_n": 128},
+    "bt2_w4": {"block_t": 2, "expand_warps": 4},
+    "bt4_w4": {"block_t": 4, "expand_warps": 4},
+    "bt4_w8_n128": {"block_t": 4, "expand_warps": 8, "block_n": 128},
+    "bt4_w4_n128": {"block_t": 4, "expand_warps": 4, "block_n": 128},
+    "bt8_w8_n128": {"block_t": 8, "expand_warps": 8, "block_n": 128},
+    "bt1_w4_p16": {"block_t": 1, "expand_warps": 4, "programs_per_sm": 16},
 }
 
 
-def round1(base: SgmvConfig) -> dict[str, SgmvConfig]:
+def round1(base: SgmvConfig, only: tuple[str, ...] = ()) -> dict[str, SgmvConfig]:
+    """The table's config, one field changed at a time, and the joint moves; only the variants whose name
+    starts with one of `only` when given."""
     out = {"table": base}
     for field, values in FIELDS.items():
         for v in values:
@@ -78,7 +92,7 @@ def round1(base: SgmvConfig) -> dict[str, SgmvConfig]:
                 out[f"{field}={v}"] = dataclasses.replace(base, **{field: v})
     for name, change in JOINT.items():
         out[name] = dataclasses.replace(base, **change)
-    return out
+    return {n: c for n, c in out.items() if n == "table" or not only or n.startswith(only)}
 
 
 def alone(inp: Inputs, cfg: SgmvConfig):
@@ -117,8 +131,8 @@ def time_variants(inps: list[Inputs], variants: dict[str, SgmvConfig], timer: Ti
             errs[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
 
 
-def compile_only(shard: tuple[int, int]) -> None:
-    jobs = [(case, cfg) for t, cases in CASES.items() for case in cases for cfg in round1(sgmv_config(t, DEVICE)).values()]
+def compile_only(shard: tuple[int, int], buckets: list[int], only: tuple[str, ...]) -> None:
+    jobs = [(case, cfg) for t in buckets for case in CASES[t] for cfg in round1(sgmv_config(t, DEVICE), only).values()]
     inputs: dict[Case, Inputs] = {}
     for i, (case, cfg) in enumerate(jobs):
         if i % shard[1] != shard[0]:
@@ -140,9 +154,12 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--buckets", default="64,256,1024")
+    parser.add_argument("--only", default="", help="comma-separated prefixes of the round-1 variants to run")
     args = parser.parse_args()
+    only = tuple(p for p in args.only.split(",") if p)
+    buckets = [int(b) for b in args.buckets.split(",")]
     if args.compile_only:
-        compile_only(tuple(int(v) for v in args.shard.split("/")))
+        compile_only(tuple(int(v) for v in args.shard.split("/")), buckets, only)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     timer = Timer(args.reps)
@@ -151,14 +168,14 @@ def main() -> None:
     result = {"info": {"device": torch.cuda.get_device_name(0), "copy_bw_TBps": bw / 1e12,
                        "torch": torch.__version__}, "buckets": {}}
     t0 = time.time()
-    for bucket in (int(b) for b in args.buckets.split(",")):
+    for bucket in buckets:
         base = sgmv_config(bucket, DEVICE)
         inps = [Inputs(case, DEVICE) for case in CASES[bucket]]
         floors = [inp.floor_bytes() / bw * 1e6 for inp in inps]
         split_times = [tuple(timer(fn) for fn in alone(inp, base)) for inp in inps]
         times: dict[str, list[float]] = {}
         errs: dict[str, object] = {}
-        variants = round1(base)
+        variants = round1(base, only)
         time_variants(inps, variants, timer, times, errs)
         # Round 2: every field's best value that beat the table, combined; and each pair of them.
         best = {}
