@@ -6,7 +6,7 @@ import torch
 
 from .configs import block_t_for
 
-__all__ = ["LoraMeta", "dot_rows"]
+__all__ = ["LoraMeta"]
 
 _NO_SLOT = torch.iinfo(torch.int32).max  # sort key of -1 tokens: after every real slot
 
@@ -123,9 +123,3 @@ class LoraMeta:
         if t == 0 or adapters == 0:
             return 0
         return min(t, -(-t // bt) + adapters - 1)
-
-
-def dot_rows(block_t: int) -> int:
-    """Rows of a kernel's token tile for tiles of block_t tokens: a tensor-core dot takes at least 16 (the
-    rows past a tile's end are masked off; the expand alone has a path for smaller tiles)."""
-    return max(16, block_t)

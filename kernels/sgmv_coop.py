@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
-from .meta import LoraMeta, dot_rows
+from .meta import LoraMeta
 from .sgmv_expand import _sum_splits, split_group
 from .sgmv_shrink import _shrink_item, split_plan
 
@@ -331,12 +331,12 @@ def sgmv_coop(
         SPLIT_GROUP=split_group(split_k),
         K_CHUNK=k_chunk,
         EVEN_K=split_k * k_chunk == k,
-        BLOCK_T=dot_rows(meta.block_t),
+        BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
         R_VEC=16 // b0.element_size(),
         BLOCK_N=block_n,
-        STAGES=shrink_stages(cfg, dot_rows(meta.block_t), block_r, block_k, x.element_size()),
+        STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
         BARRIER_SPAN=BARRIER_SPAN,
         CUDA=x.is_cuda,

@@ -75,7 +75,7 @@ def _sgmv_expand_kernel(
     NUM_SLICES: tl.constexpr,
     SPLIT_K: tl.constexpr,
     SPLIT_GROUP: tl.constexpr,  # splits summed per unrolled group: min(SPLIT_K, 16)
-    BLOCK_T: tl.constexpr,  # tokens per tile; under 16, no tensor-core dot (see the loop below)
+    BLOCK_T: tl.constexpr,
     BLOCK_R: tl.constexpr,
     R_VEC: tl.constexpr,  # elements of B in 16 bytes
     BLOCK_N: tl.constexpr,
@@ -139,16 +139,10 @@ def _sgmv_expand_kernel(
             # The split-K partials, in unrolled groups so that a group's loads are in flight at once.
             ws_ptrs = ws_ptr + (sl * T + pos)[:, None] * BLOCK_R + offs_r[None, :]
             p = _sum_splits(ws_ptrs, t_mask[:, None], NUM_SLICES * T * BLOCK_R, SPLIT_K, SPLIT_GROUP, BLOCK_T, BLOCK_R)
-            p = p * scale
-            if BLOCK_T >= 16:
-                p = p.to(b_ptr.dtype.element_ty)
+            p = (p * scale).to(b_ptr.dtype.element_ty)
             for nb in range(N_BLOCKS):
                 bv = tl.where(r_mask[None, :], bv, 0.0)
-                if BLOCK_T < 16:
-                    # Tiles of a few tokens (decode): multiply and sum over the rank in fp32 instead of a
-                    # tensor-core dot, whose 16 rows would be mostly padding, each costing instructions.
-                    delta = tl.sum(p[:, None, :] * bv.to(tl.float32)[None, :, :], axis=2)
-                elif IEEE_DOT:
+                if IEEE_DOT:
                     delta = tl.dot(p, tl.trans(bv), input_precision="ieee")
                 else:
                     delta = tl.dot(p, tl.trans(bv))

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .configs import FusedConfig, fused_group_width
-from .meta import LoraMeta, dot_rows
+from .meta import LoraMeta
 
 __all__ = ["sgmv_fused"]
 
@@ -181,7 +181,7 @@ def sgmv_fused(
     block_r = max(16, triton.next_power_of_2(a0.shape[1]))
     block_k = min(cfg.block_k, max(16, triton.next_power_of_2(k)))
     # The pipelined K loop keeps stages - 1 tiles of x and A in shared memory: at most 128 KB of them.
-    while block_k > 32 and (dot_rows(meta.block_t) + block_r) * block_k * x.element_size() * max(cfg.stages - 1, 1) > 128 << 10:
+    while block_k > 32 and (meta.block_t + block_r) * block_k * x.element_size() * max(cfg.stages - 1, 1) > 128 << 10:
         block_k //= 2
     group = fused_group_width(cfg, a0.shape[1], tuple(widths[:num_slices]))
     block_n = group // cfg.n_blocks
@@ -232,7 +232,7 @@ def sgmv_fused(
         EVEN_N=all(n % group == 0 for n in widths),
         EVEN_K=k % block_k == 0,
         NUM_SLICES=num_slices,
-        BLOCK_T=dot_rows(meta.block_t),
+        BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
         R_VEC=16 // b0.element_size(),

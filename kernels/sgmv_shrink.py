@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
-from .meta import LoraMeta, dot_rows
+from .meta import LoraMeta
 
 __all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
 
@@ -207,10 +207,10 @@ def sgmv_shrink(
         SPLIT_K=split_k,
         K_CHUNK=k_chunk,
         EVEN_K=split_k * k_chunk == k,
-        BLOCK_T=dot_rows(meta.block_t),
+        BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
-        STAGES=shrink_stages(cfg, dot_rows(meta.block_t), block_r, block_k, x.element_size()),
+        STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,
         LAUNCH_DEPENDENTS=pdl,
         num_warps=cfg.shrink_warps,

@@ -49,7 +49,6 @@ FIELDS = {
     "expand_warps": (2, 4, 8),
     "block_n": (64, 128, 256, 512),
     "n_blocks": (1, 2, 4, 8),
-    "block_t": (1, 2, 4, 8),  # tiles under 16 tokens: the expand sums over the rank instead of a dot
 }
 # a few joint moves that one-at-a-time cannot find: small programs, many of them
 JOINT = {
@@ -68,17 +67,6 @@ JOINT = {
                  "n_blocks": 1, "expand_warps": 8},
     "one_load_p16": {"k_chunk": 512, "block_k": 512, "shrink_stages": 1, "shrink_warps": 4, "block_n": 256,
                      "n_blocks": 1, "expand_warps": 4, "programs_per_sm": 16},
-    # small tiles with the expand's warps and column block to match
-    "bt1_w4": {"block_t": 1, "expand_warps": 4},
-    "bt1_w2": {"block_t": 1, "expand_warps": 2},
-    "bt1_w4_n512": {"block_t": 1, "expand_warps": 4, "block_n": 512},
-    "bt1_w4_n128": {"block_t": 1, "expand_warps": 4, "block_n": 128},
-    "bt2_w4": {"block_t": 2, "expand_warps": 4},
-    "bt4_w4": {"block_t": 4, "expand_warps": 4},
-    "bt4_w8_n128": {"block_t": 4, "expand_warps": 8, "block_n": 128},
-    "bt4_w4_n128": {"block_t": 4, "expand_warps": 4, "block_n": 128},
-    "bt8_w8_n128": {"block_t": 8, "expand_warps": 8, "block_n": 128},
-    "bt1_w4_p16": {"block_t": 1, "expand_warps": 4, "programs_per_sm": 16},
 }
 
 

@@ -69,11 +69,6 @@ CASES = (
     Case("many_splits", 21, 1100, (40, 24), 5, 16, "random", k_chunk=32, max_splits=64),
     # One adapter, one tile: the table's few-tiles rule cuts K into 25 chunks instead of 13.
     Case("few_tiles_long_k", 9, 1600, (40,), 3, 16, "shared", hint=True),
-    # Tiles under 16 tokens (the decode buckets' tiles): the expand multiplies and sums instead of a dot.
-    Case("tile1", 29, 112, (40,), 5, 16, "random", block_t=1),
-    Case("tile2_distinct", 24, 96, (72,), 40, 16, "distinct", block_t=2),
-    Case("tile4_qkv", 33, 96, (48, 16, 16), 6, 16, "random", block_t=4, y_view=True),
-    Case("tile8_pad64", 23, 128, (64, 40), 6, 64, "two", block_t=8),
 )
 PATHS = ("auto", "one", "two", "coop")
 
