@@ -186,6 +186,20 @@ elif [[ "${PART}" == 21 ]]; then  # fourth session, call 4: tiles under 16 token
     (cd benchmarks/kernels && run sweep_small_tiles 330 $PY sweep_sgmv.py --buckets 64,256 --only $ONLY \
         --out "$OUT/sweep_small_tiles")
     cat "$OUT/sweep_small_tiles.log"
+elif [[ "${PART}" == 22 ]]; then  # fourth session, call 5: overlapped decoding (EngineConfig.overlap_decode): the
+    # engine GPU tests, then the decode step with and without it, 1B then 8B
+    run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    tail -n 3 "$OUT/tests_engine.log"
+    for mode in overlap no_overlap; do
+        flag=""; [[ $mode == no_overlap ]] && flag=--no-overlap
+        run decode_step_1b_$mode 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 \
+            --context 512 --steps 30 --replays 30 $flag --json "$OUT/decode_step_1b_$mode.json"
+    done
+    for mode in overlap no_overlap; do
+        flag=""; [[ $mode == no_overlap ]] && flag=--no-overlap
+        run decode_step_8b_$mode 150 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 \
+            --context 512 --steps 20 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
+    done
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -230,6 +230,8 @@ def main() -> None:
     p.add_argument("--fill-timeout-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="split each step's GPU time by kernel (torch.profiler)")
+    p.add_argument("--no-overlap", action="store_true", help="EngineConfig(overlap_decode=False): every step's "
+                   "tokens read before the next step is launched")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -272,6 +274,7 @@ def main() -> None:
             max_lora_rank=rank,
             lora_targets=targets,
             cpu_adapter_cache_bytes=1 << 40,  # in-memory adapters stay on the host tier anyway
+            overlap_decode=not args.no_overlap,
         )
         engine = Engine(model, None, cfg)
         ids = [f"{layout}{i}" for i in range(batches[-1])] if with_lora else []

@@ -142,6 +142,7 @@ def engine_config(args, *, rank: int, targets, max_model_len: int, **overrides) 
         "max_num_batched_tokens": args.max_batched_tokens,
         "cpu_adapter_cache_bytes": int(args.cpu_cache_gb * 2**30),
         "max_model_len": max_model_len,
+        "overlap_decode": not getattr(args, "no_overlap", False),
     }
     fields.update(overrides)
     return EngineConfig(**fields)
@@ -580,6 +581,8 @@ def main() -> None:
     p.add_argument("--hf-max-s", type=float, default=60.0, help="transformers+PEFT's time budget (then cut short)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-stacks", action="store_true", help="sample the engine thread's stack (StackSampler)")
+    p.add_argument("--no-overlap", action="store_true", help="EngineConfig(overlap_decode=False): read every step's "
+                   "tokens before the next step is launched")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     baselines = set(args.baselines.split(",")) - {"none", ""}

@@ -231,15 +231,20 @@ class DecodeGraphs(CapturedBuckets):
         slot_mapping: list[int],
         lora_slots: list[int],
         block_tables: list[list[int]],
+        *,
+        input_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:  # [bucket, vocab] float32; rows past len(token_ids) are padding
         """One decode step: fill the buffers, then replay the bucket's graph (captured on first use) or,
         without capture, run the same padded forward eagerly. The returned logits are the graph's output
-        buffer: read them before the next step."""
+        buffer: read them before the next step. `input_ids` ([rows] on the device) replaces token_ids: a
+        step whose input tokens are still on the device (copied in stream order, no synchronisation)."""
         use_lora = any(s >= 0 for s in lora_slots)
         bucket = bucket_for(len(token_ids), self.buckets)
         key = (bucket, use_lora)
         self.ensure_captured(bucket, use_lora)
         self.fill(token_ids, positions, slot_mapping, lora_slots, block_tables)
+        if input_ids is not None:
+            self.views(bucket)["input_ids"][: len(token_ids)].copy_(input_ids)
         self.steps_per_bucket[bucket] = self.steps_per_bucket.get(bucket, 0) + 1
         self.num_steps += 1
         graph = self._graphs.get(key)

@@ -13,6 +13,11 @@ asyncio, one wake-up of the event loop per step. Without `start()`, `step()` and
 same loop synchronously.
 
 A step synchronises with the device once: reading the sampled tokens and their logprobs (one transfer).
+In steady decoding (every running sequence decoding, nothing to admit) the engine overlaps the host with the
+device (EngineConfig.overlap_decode): it launches step N+1, whose input tokens are step N's sampled tokens
+still on the device, before it reads step N's tokens back, so building a step and processing its output
+happen while the GPU runs the one before. A sequence that stops at step N (a stop token or string) has then
+computed one more token at N+1, which is discarded; a sequence known to reach its length at N is left out.
 `stats()["step_times"]` splits the loop's host time by phase (StepTimes), graphed and eager steps apart.
 """
 
@@ -43,7 +48,7 @@ from .lora_linear import LoRABatch, SliceBuffers
 from .model import LORA_PROJECTIONS, Transformer, load_model
 from .piecewise_graphs import MixedGraphs
 from .sampling import SamplingParams, sample
-from .scheduler import Scheduler, Sequence
+from .scheduler import Scheduler, Sequence, SequenceStatus
 from .tokenizer import Detokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +86,9 @@ class EngineConfig:
     # start() first compiles every Triton kernel variant and captures every decode graph a step can meet
     # (Engine.warm_up), so no request waits on a compile. CUDA only.
     warm_up: bool = True
+    # In steady decoding, launch step N+1 (its input tokens taken on the device from step N's samples) before
+    # reading step N's tokens back: the host's work per step overlaps the device's (see the module docstring).
+    overlap_decode: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -172,6 +180,22 @@ class StepTimes:
         self.forward_s += forward_s
         self.sample_s += sample_s
         self.output_s += output_s
+
+
+@dataclass
+class _Launched:
+    """A step whose sampled tokens are on their way to the host: what completing it needs."""
+
+    rows: list[Sequence]  # the sampled sequences, in batch order
+    tokens: torch.Tensor  # [B] int64 on the device: the input ids of a decode step launched after this one
+    host: torch.Tensor  # [2, B] float64 (pinned on CUDA): tokens and logprobs, once `ready` has passed
+    ready: torch.cuda.Event | None  # recorded after the copy to the host (None on CPU: the copy was synchronous)
+    decode: bool  # a decode step (one token per row, every row sampled): the next one can start before it completes
+    kind: str  # how the forward ran (StepTimes)
+    num_tokens: int
+    schedule_s: float
+    forward_s: float
+    sample_s: float
 
 
 class Engine:
@@ -270,6 +294,8 @@ class Engine:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.num_steps = 0
+        self._inflight: _Launched | None = None  # a decode step launched ahead, not yet read back
+        self.num_overlapped_steps = 0  # steps launched before the previous step's tokens were read
         self._warmed_up = False
         compiles.install()
         self._compiles_at_warm_up: int | None = None
@@ -356,12 +382,13 @@ class Engine:
         self._wake.set()
 
     def has_unfinished(self) -> bool:
-        return not self._inbox.empty() or self.scheduler.has_unfinished()
+        return not self._inbox.empty() or self.scheduler.has_unfinished() or self._inflight is not None
 
     def stats(self) -> dict:
         free = self.scheduler.allocator.num_free
         return {
             "steps": self.num_steps,
+            "overlapped_steps": self.num_overlapped_steps,
             "waiting": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
             "kv_blocks_free": free,
@@ -379,21 +406,39 @@ class Engine:
     # --- the step -----------------------------------------------------------------------------------
 
     def step(self) -> list[GenerationEvent]:
-        """One iteration: take in new requests and cancellations, schedule, run the model once, sample."""
+        """One iteration: take in new requests and cancellations, schedule, run the model once, sample; returns
+        the events of the steps whose tokens this call read: with overlapped decoding, the step the call before
+        launched (and, where steady decoding ends, the step scheduled after it)."""
         t0 = time.perf_counter()
         events = self._drain_inbox()
         self.adapters.poll()
+        if self._inflight is not None:
+            prev = self._inflight
+            self._inflight = self._launch_ahead(prev, t0)
+            events += self._complete(prev)
+            if self._inflight is not None:
+                return events
+            t0 = time.perf_counter()  # steady decoding ended (arrivals, a prefill, short of blocks): schedule
         out = self.scheduler.schedule()
         events += [self._event(seq, [], [], error=message) for seq, message in out.failed]
         if not out.scheduled:
             if self.scheduler.has_unfinished():
                 self.adapters.wait(timeout_s=0.01)  # everything waits on adapter loads
             return events
+        launched = self._launch(out.scheduled, time.perf_counter() - t0)
+        self._inflight = self._launch_ahead(launched, time.perf_counter())
+        return events + self._complete(launched)
+
+    def _launch(self, scheduled: list[tuple[Sequence, int]], schedule_s: float,
+                input_ids: torch.Tensor | None = None) -> _Launched:  # fmt: skip
+        """Runs the model over the scheduled tokens and launches the sampler and the copy of its tokens to
+        the host, without waiting for them. `input_ids`: a decode step's input tokens on the device (each
+        row's token at position num_computed, not yet on the host)."""
         self.num_steps += 1
         t1 = time.perf_counter()
         graphed_before = 0 if self._graphs is None else self._graphs.num_steps
         piecewise_before = 0 if self._mixed is None else self._mixed.num_steps
-        logits, sampled = self._forward(out.scheduled)
+        logits, sampled = self._forward(scheduled, input_ids)
         if self._graphs is not None and self._graphs.num_steps != graphed_before:
             kind = "graphed"
         elif self._mixed is not None and self._mixed.num_steps != piecewise_before:
@@ -402,35 +447,86 @@ class Engine:
             kind = "eager"
         t2 = time.perf_counter()
         tokens, logprobs = sample(logits, [s.params for s in sampled], [s.generator for s in sampled], self._generator)
-        # The step's one host synchronisation: tokens and logprobs in one transfer (float64 holds any token id).
-        tokens, logprobs = torch.stack((tokens.double(), logprobs.double())).tolist()
-        t3 = time.perf_counter()
-        for seq, n in out.scheduled:
+        # The step's one transfer to the host: tokens and logprobs together (float64 holds any token id).
+        both = torch.stack((tokens.double(), logprobs.double()))
+        ready = None
+        if both.is_cuda:
+            host = torch.empty(both.shape, dtype=both.dtype, pin_memory=True)
+            host.copy_(both, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            host = both
+        for seq, n in scheduled:
             seq.num_computed += n
-        for seq, token, logprob in zip(sampled, tokens, logprobs):
-            events.append(self._append_token(seq, int(token), logprob))
-        num_tokens = sum(n for _, n in out.scheduled)
-        self.step_times.add(kind, num_tokens, t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3)
+        decode = len(sampled) == len(scheduled) and all(n == 1 for _, n in scheduled)
+        return _Launched(sampled, tokens, host, ready, decode, kind, sum(n for _, n in scheduled), schedule_s,
+                         t2 - t1, time.perf_counter() - t2)
+
+    def _launch_ahead(self, prev: _Launched, t0: float) -> _Launched | None:
+        """Launches the decode step after `prev` before prev's tokens are read, when steady decoding allows it
+        (overlap_decode on, prev a decode step, every running sequence among its rows, no request that could
+        be admitted, KV blocks for every row); else None, and the next step() schedules afresh."""
+        sched = self.scheduler
+        if not (self.config.overlap_decode and prev.decode) or (sched.waiting and len(sched.running) < sched.max_num_seqs):
+            return None
+        in_prev = {id(seq) for seq in prev.rows}
+        if any(id(seq) not in in_prev for seq in sched.running):
+            return None  # a sequence still prefilling needs the scheduler's chunk
+        # Rows: prev's sequences still running, less those whose prev token reaches their length.
+        index, rows = [], []
+        for i, seq in enumerate(prev.rows):
+            if seq.status is SequenceStatus.RUNNING and len(seq.token_ids) + 1 < seq.max_len:
+                index.append(i)
+                rows.append(seq)
+        if not rows or not sched.extend_blocks(rows):
+            return None
+        ids = prev.tokens
+        if len(index) != len(prev.rows):  # rows dropped out: gather the rest's tokens (pinned, no sync)
+            index_host = torch.tensor(index, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+            ids = ids[index_host.to(self.device, non_blocking=True)]
+        sched.prefetch()
+        self.num_overlapped_steps += 1
+        return self._launch([(seq, 1) for seq in rows], time.perf_counter() - t0, ids)
+
+    def _complete(self, launched: _Launched) -> list[GenerationEvent]:
+        """Waits for a launched step's tokens and turns them into events; rows of sequences that finished
+        meanwhile (a stop found in the step before, an abort) are discarded."""
+        t3 = time.perf_counter()
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        tokens, logprobs = launched.host.tolist()
+        t4 = time.perf_counter()
+        events = []
+        for seq, token, logprob in zip(launched.rows, tokens, logprobs):
+            if seq.status is SequenceStatus.RUNNING:
+                events.append(self._append_token(seq, int(token), logprob))
+        self.step_times.add(launched.kind, launched.num_tokens, launched.schedule_s, launched.forward_s,
+                            launched.sample_s + t4 - t3, time.perf_counter() - t4)  # fmt: skip
         return events
 
-    def _forward(self, scheduled: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, list[Sequence]]:
+    def _forward(
+        self, scheduled: list[tuple[Sequence, int]], input_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[Sequence]]:
         """The model over the step's tokens: logits [len(sampled), vocab] of the rows to sample, and their
-        sequences. A pure-decode step replays its bucket's CUDA graph; any other step runs eagerly."""
+        sequences. A pure-decode step replays its bucket's CUDA graph; any other step runs eagerly (or through
+        the piecewise graphs). `input_ids` ([rows] on the device): a decode step whose input tokens the host
+        has not read yet (see _launch_ahead); every row is sampled."""
         graphs = self._graphs
         if graphs is not None and len(scheduled) <= graphs.max_batch and all(n == 1 for _, n in scheduled):
             bs = self.config.block_size
             token_ids, positions, slot_mapping, lora_slots, tables, rows, sampled = [], [], [], [], [], [], []
             for row, (seq, _) in enumerate(scheduled):
                 p = seq.num_computed
-                token_ids.append(seq.token_ids[p])
+                token_ids.append(0 if input_ids is not None else seq.token_ids[p])
                 positions.append(p)
                 slot_mapping.append(seq.blocks[p // bs] * bs + p % bs)
                 lora_slots.append(seq.slot)
                 tables.append(seq.blocks)
-                if p + 1 == len(seq.token_ids):
+                if input_ids is not None or p + 1 == len(seq.token_ids):
                     rows.append(row)
                     sampled.append(seq)
-            logits = graphs.forward(token_ids, positions, slot_mapping, lora_slots, tables)
+            logits = graphs.forward(token_ids, positions, slot_mapping, lora_slots, tables, input_ids=input_ids)
             if len(rows) == len(scheduled):
                 return logits[: len(rows)], sampled
             rows_host = torch.tensor(rows, pin_memory=self.device.type == "cuda")
@@ -438,45 +534,49 @@ class Engine:
         mixed = self._mixed
         num_tokens = sum(n for _, n in scheduled)
         if mixed is not None and mixed.bucket(num_tokens) is not None:
-            batch = self._prepare(scheduled, build_lora=False)
+            batch = self._prepare(scheduled, build_lora=False, input_ids=input_ids)
             logits = mixed.forward(
                 batch["input_ids"], batch["positions"], batch["token_slots"], batch["attn"], batch["logits_indices"]
             )
             return logits, batch["sampled"]
-        batch = self._prepare(scheduled)
+        batch = self._prepare(scheduled, input_ids=input_ids)
         logits = self.model(
             batch["input_ids"], batch["positions"], self.kv_cache, batch["attn"], batch["lora"], batch["logits_indices"]
         )
         return logits, batch["sampled"]
 
-    def _prepare(self, scheduled: list[tuple[Sequence, int]], *, build_lora: bool = True) -> dict:
+    def _prepare(
+        self, scheduled: list[tuple[Sequence, int]], *, build_lora: bool = True, input_ids: torch.Tensor | None = None
+    ) -> dict:
         """Flattens the step's sequences into one token batch and its metadata.
 
         The host sends what only it knows in one int64 copy: the new token ids [T] and, per row, its start
         position, token count, adapter slot and block table, plus the rows to sample. Every per-token index
         (positions, KV slots, row and index of each token) is derived from those on the device, so the host
         work grows with the rows and the token ids, not with the padded [rows, max_query_len] metadata.
+        `input_ids`: one token per row, already on the device (a decode step launched ahead); every row sampled.
         """
         bs = self.config.block_size
         # Single-token rows (decodes) first: attention runs rows [0, num_decode_rows) through the decode kernel.
         scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
         num_rows = len(scheduled)
-        input_ids, starts, lens, slots, tables, logits_indices, sampled = [], [], [], [], [], [], []
+        device_ids = input_ids
+        ids, starts, lens, slots, tables, logits_indices, sampled = [], [], [], [], [], [], []
         num_decode_rows = num_tokens = 0
         for seq, n in scheduled:
             start = seq.num_computed
             num_decode_rows += n == 1
-            input_ids += seq.token_ids[start : start + n]
+            ids += [0] if device_ids is not None else seq.token_ids[start : start + n]
             starts.append(start)
             lens.append(n)
             slots.append(seq.slot)
             tables.append(seq.blocks)
             num_tokens += n
-            if start + n == len(seq.token_ids):
+            if device_ids is not None or start + n == len(seq.token_ids):
                 logits_indices.append(num_tokens - 1)
                 sampled.append(seq)
         max_blocks = max(map(len, tables))
-        flat = [*input_ids, *starts, *lens, *slots, *logits_indices]
+        flat = [*ids, *starts, *lens, *slots, *logits_indices]
         for table in tables:
             flat += table
             flat += [0] * (max_blocks - len(table))
@@ -484,6 +584,8 @@ class Engine:
         dev = host.to(self.device, non_blocking=True)
         sizes = (num_tokens, num_rows, num_rows, num_rows, len(logits_indices), num_rows * max_blocks)
         ids, start_t, len_t, slot_t, logits_idx, table_t = dev.split(sizes)
+        if device_ids is not None:
+            ids = device_ids
         table_t = table_t.view(num_rows, max_blocks)
 
         arange = self._arange
@@ -729,6 +831,7 @@ class Engine:
         self._wake.set()
         self._thread.join()
         self._thread = None
+        self._inflight = None  # its rows end here with "abort"
         events = []
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.finish(seq, "abort")
@@ -787,6 +890,7 @@ class Engine:
             loop.call_soon_threadsafe(_deliver, batch)
 
     def _fail_running(self, message: str) -> list[GenerationEvent]:
+        self._inflight = None
         events = []
         for seq in list(self.scheduler.running):
             self.scheduler.finish(seq, "error")

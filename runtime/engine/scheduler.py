@@ -185,6 +185,24 @@ class Scheduler:
             out.scheduled.append((seq, n))
             budget -= n
 
+    def extend_blocks(self, rows: list[Sequence]) -> bool:
+        """Gives each running sequence of `rows` the KV blocks its next token (at position num_computed)
+        needs, all or none: False, allocating nothing, when the free blocks do not cover them (then a
+        schedule() decides whom to preempt). For a decode step launched without schedule() (the engine's
+        overlapped decoding)."""
+        needs = [self._blocks_for(seq.num_computed + 1) - len(seq.blocks) for seq in rows]
+        if sum(n for n in needs if n > 0) > self.allocator.num_free:
+            return False
+        for seq, need in zip(rows, needs):
+            if need > 0:
+                seq.blocks += self.allocator.allocate(need)
+        return True
+
+    def prefetch(self) -> None:
+        """Tells the cache which adapters the head of the queue needs, in queue order (schedule() does this
+        every step)."""
+        self._prefetch()
+
     def _prefetch(self) -> None:
         """Tells the cache which adapters the head of the queue needs, in queue order."""
         ids: dict[str, None] = {}

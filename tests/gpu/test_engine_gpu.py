@@ -79,8 +79,8 @@ def test_bf16_prefill_logits(setup):
     captured = []
     forward = engine._forward  # the step's logits, whichever path computed them (eager or piecewise graphs)
 
-    def recording(scheduled):
-        logits, sampled = forward(scheduled)
+    def recording(scheduled, *args):
+        logits, sampled = forward(scheduled, *args)
         captured.append(logits.clone())
         return logits, sampled
 
@@ -161,8 +161,11 @@ def _run_workload(base, adapters, cuda_graphs: bool, *, on_forward=None):
     logits_by_request: dict[str, list[torch.Tensor]] = {}
     forward = engine._forward
 
-    def recording_forward(scheduled):
-        logits, sampled = forward(scheduled) if on_forward is None else on_forward(engine, forward, scheduled)
+    def recording_forward(scheduled, *args):
+        def run(sch):
+            return forward(sch, *args)  # args: a decode step's device input ids (overlapped decoding)
+
+        logits, sampled = run(scheduled) if on_forward is None else on_forward(engine, run, scheduled)
         for seq, row in zip(sampled, logits):
             logits_by_request.setdefault(seq.request_id, []).append(row.float().cpu())
         return logits, sampled

@@ -57,8 +57,8 @@ def _run(base, adapters, piecewise: bool):
     logits: dict[str, list[torch.Tensor]] = {}
     forward = engine._forward
 
-    def recording(scheduled):
-        out, sampled = forward(scheduled)
+    def recording(scheduled, *args):
+        out, sampled = forward(scheduled, *args)
         for seq, row in zip(sampled, out):
             logits.setdefault(seq.request_id, []).append(row.clone())
         return out, sampled

@@ -190,6 +190,70 @@ def test_sampler_filters_compose_per_row_and_greedy_rows_keep_their_argmax():
     assert all(len(seen[i]) > 1 for i in (1, 2, 4, 5))  # the sampled rows do sample
 
 
+def _drive(engine, requests, *, abort_step: int, abort_id: str) -> dict:
+    """Steps an engine by hand: two requests first, the rest two steps later, one aborted at abort_step.
+    Returns each request's events as (tokens, text, finish reason, logprobs) tuples."""
+    events: dict[str, list] = {}
+    for r in requests[:2]:
+        engine.add_request(r)
+    step = 0
+    while engine.has_unfinished() or step < 3:
+        if step == 2:
+            for r in requests[2:]:
+                engine.add_request(r)
+        if step == abort_step:
+            engine.abort(abort_id)
+        for ev in engine.step():
+            events.setdefault(ev.request_id, []).append((ev.token_ids, ev.text, ev.finish_reason, ev.logprobs))
+        step += 1
+    return events
+
+
+def test_overlapped_decoding_gives_the_same_events(base, adapter):
+    """Launching decode step N+1 before step N's tokens are read (the default) changes nothing a client sees:
+    every event equal, event by event, with stop tokens, stop strings, seeded sampling with logprobs, an adapter,
+    requests of different lengths arriving later and an abort; rows computed past a stop are discarded and
+    every KV block comes back. (Logprobs agree to float noise: a discarded row changes a step's batch size.)"""
+    plain = _engine(base, adapter, overlap_decode=False)
+    [full] = plain.generate_batch([GenerationRequest(PROMPTS[0], params=greedy(24))])
+    stop_token, stop_text = full.token_ids[6], full.text[5:7]
+    requests = [
+        GenerationRequest(PROMPTS[0], params=greedy(24, stop_token_ids=(stop_token,)), request_id="stop_token"),
+        GenerationRequest(PROMPTS[1], adapter_id="a", params=greedy(9), request_id="adapter"),
+        GenerationRequest(PROMPTS[0], params=greedy(24, stop=(stop_text,)), request_id="stop_text"),
+        GenerationRequest(PROMPTS[2], adapter_id="a", request_id="seeded", params=SamplingParams(
+            max_tokens=14, temperature=0.9, top_p=0.9, seed=5, logprobs=True, ignore_eos=True)),
+        GenerationRequest(PROMPTS[3], params=greedy(30), request_id="aborted"),
+        GenerationRequest(PROMPTS[3], params=greedy(18), request_id="long"),
+    ]
+    want = _drive(_engine(base, adapter, overlap_decode=False), requests, abort_step=9, abort_id="aborted")
+    engine = _engine(base, adapter)
+    got = _drive(engine, requests, abort_step=9, abort_id="aborted")
+    assert sorted(got) == sorted(want)
+    for rid, events in want.items():
+        assert [e[:3] for e in got[rid]] == [e[:3] for e in events], rid
+        for (*_, got_lp), (*_, want_lp) in zip(got[rid], events):
+            assert (got_lp is None) == (want_lp is None)
+            assert want_lp is None or got_lp == pytest.approx(want_lp, rel=1e-5, abs=1e-5)
+    assert want["stop_token"][-1][2] == "stop" and want["stop_text"][-1][2] == "stop"
+    assert want["aborted"][-1][2] == "abort" and want["long"][-1][2] == "length"
+    stats = engine.stats()
+    assert stats["overlapped_steps"] > 10 and stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    # The rows past each stop were computed and dropped: more tokens through the forward than without overlap.
+    assert stats["step_times"]["tokens"] > sum(len(engine.tokenizer.encode(r.prompt)) for r in requests)
+
+
+def test_overlapped_decoding_falls_back_when_blocks_run_out(base, adapter):
+    """With too few KV blocks for every row's next token, the step is scheduled afresh (preempting), and the
+    tokens still equal each request's alone."""
+    requests = [GenerationRequest(p, adapter_id=a, params=greedy(14)) for p, a in zip(PROMPTS, [None, "a", "a", None])]
+    engine = _engine(base, adapter, num_kv_blocks=14, block_size=4)
+    results = engine.generate_batch(requests)
+    assert engine.stats()["preemptions"] > 0 and engine.stats()["overlapped_steps"] > 0
+    assert [r.token_ids for r in results] == _alone(base, adapter, requests)
+    assert engine.stats()["kv_blocks_free"] == 14
+
+
 def test_step_times_split_every_step(base):
     engine = _engine(base)
     engine.generate_batch([GenerationRequest(p, params=greedy(4)) for p in PROMPTS])
