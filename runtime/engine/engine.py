@@ -498,7 +498,7 @@ class Engine:
         tokens, logprobs = launched.host.tolist()
         t4 = time.perf_counter()
         events = []
-        for seq, token, logprob in zip(launched.rows, tokens, logprobs):
+        for seq, token, logprob in zip(launched.rows, tokens, logprobs, strict=True):
             if seq.status is SequenceStatus.RUNNING:
                 events.append(self._append_token(seq, int(token), logprob))
         self.step_times.add(launched.kind, launched.num_tokens, launched.schedule_s, launched.forward_s,

@@ -193,7 +193,7 @@ class Scheduler:
         needs = [self._blocks_for(seq.num_computed + 1) - len(seq.blocks) for seq in rows]
         if sum(n for n in needs if n > 0) > self.allocator.num_free:
             return False
-        for seq, need in zip(rows, needs):
+        for seq, need in zip(rows, needs, strict=True):
             if need > 0:
                 seq.blocks += self.allocator.allocate(need)
         return True
