@@ -200,6 +200,15 @@ elif [[ "${PART}" == 22 ]]; then  # fourth session, call 5: overlapped decoding 
         run decode_step_8b_$mode 150 $PY $B/bench_decode_step.py --preset llama-3-8b --batches 64 128 \
             --context 512 --steps 20 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
     done
+elif [[ "${PART}" == 23 ]]; then  # fourth session, call 6: serving windows with overlapped decoding: S-LoRA at 8B
+    # (with its no-LoRA side), S-LoRA at 1B at 80 requests/s (with its no-LoRA side, then LoRA without overlap)
+    run serving_slora_8b 280 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 20 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b.json"
+    run serving_slora_1b 150 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
+        --rate 80 --duration 20 --drain-s 5 --baselines nolora --json "$OUT/serving_slora_1b.json"
+    run serving_slora_1b_no_overlap 120 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 \
+        --slots 64 --rate 80 --duration 20 --drain-s 5 --baselines none --no-overlap \
+        --json "$OUT/serving_slora_1b_no_overlap.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
