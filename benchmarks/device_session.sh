@@ -209,6 +209,17 @@ elif [[ "${PART}" == 23 ]]; then  # fourth session, call 6: serving windows with
     run serving_slora_1b_no_overlap 120 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 \
         --slots 64 --rate 80 --duration 20 --drain-s 5 --baselines none --no-overlap \
         --json "$OUT/serving_slora_1b_no_overlap.json"
+elif [[ "${PART}" == 24 ]]; then  # fourth session, call 7: the last bucket's config on an engine's mixed step
+    # (64 decode tokens of distinct adapters + prefill segments, rank 8) and pure prefill guards
+    ONLY=block_t,block_n,n_blocks,expand_warps,programs_per_sm,shrink_warps,k_chunk
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_sgmv.py --compile-only --shard $i/8 --buckets 2048 \
+            --only $ONLY) >"/tmp/sweep_compile_$i.log" 2>&1 &
+    done
+    wait
+    cat /tmp/sweep_compile_*.log | tail -n 5
+    (cd benchmarks/kernels && run sweep_mixed 330 $PY sweep_sgmv.py --buckets 2048 --only $ONLY --out "$OUT/sweep_mixed")
+    cat "$OUT/sweep_mixed.log"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -45,6 +45,7 @@ DECODE_T = (1, 16, 64, 256, 1024)
 DECODE_N = (1, 8, 64)  # and T (all distinct)
 SKEWED_N = (8, 64)  # Punica's Skewed mix: n adapters with Zipf(1.5) shares of the batch
 PREFILL = ((128, 8), (128, 32), (512, 8))  # T=4096 in segments of 128 or 512 tokens over n adapters
+MIXED_DECODES = 64  # decode tokens of a "mixed" case (the rest are prefill segments)
 
 # ../shared/DESIGN.md "Kernels to beat": rank 16, bf16, K=4096, H100 80GB HBM3, 2026-11-22.
 # (kind, T, n) -> {N: (floor_us, best_anchor_us, base_us)}
@@ -64,7 +65,7 @@ ANCHORS = {
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    kind: str  # decode | prefill128 | prefill512
+    kind: str  # decode | skewed | prefill128 | prefill512 | mixed
     shape: str
     rank: int
     t: int
@@ -111,7 +112,11 @@ def token_slots(case: Case, gen: torch.Generator) -> torch.Tensor:
     """Decode: T tokens spread uniformly over n adapters, in shuffled batch order (Punica's Identical for n = 1,
     Distinct for n = T, Uniform otherwise). Skewed (Punica's): adapter i's share of the T tokens is proportional
     to 1 / (i + 1)^1.5 (Zipf, alpha 1.5), every adapter at least one token, shuffled. Prefill: segments of seg
-    tokens, segment i on adapter i mod n."""
+    tokens, segment i on adapter i mod n. Mixed (an engine step of decodes and prefill chunks): 64 decode tokens on
+    adapters 0..63, then the rest in prefill segments of 256 tokens, segment i on adapter i mod n (n >= 64)."""
+    if case.kind == "mixed":
+        decodes = torch.arange(MIXED_DECODES)
+        return torch.cat((decodes, (torch.arange(case.t - MIXED_DECODES) // 256) % case.n))
     if case.kind == "decode":
         slots = torch.arange(case.t) % case.n
         return slots[torch.randperm(case.t, generator=gen)]

@@ -37,6 +37,10 @@ CASES: dict[int, list[Case]] = {
     + [Case("decode", "qo", 16, 256, 8), Case("decode", "down", 16, 256, 8), Case("decode", "up", 16, 128, 128)],
     1024: [Case("decode", "qo", 16, 1024, 1024), Case("decode", "up", 16, 1024, 1),
            Case("decode", "up", 16, 1024, 64), Case("decode", "down", 16, 1024, 1)],
+    # the last bucket: an engine's mixed step (64 decode tokens of distinct adapters, then prefill segments),
+    # S-LoRA's rank 8, then pure prefill guards
+    2048: [Case("mixed", s, 8, 2048, 64) for s in ("qo", "kv", "up", "down")]
+    + [Case("prefill128", "qo", 16, 4096, 8), Case("prefill128", "up", 16, 4096, 32)],
 }
 
 # field -> values tried in round 1 (the table's own value is skipped)
@@ -49,6 +53,7 @@ FIELDS = {
     "expand_warps": (2, 4, 8),
     "block_n": (64, 128, 256, 512),
     "n_blocks": (1, 2, 4, 8),
+    "block_t": (16, 32, 64),
 }
 # a few joint moves that one-at-a-time cannot find: small programs, many of them
 JOINT = {
