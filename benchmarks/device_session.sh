@@ -220,6 +220,12 @@ elif [[ "${PART}" == 24 ]]; then  # fourth session, call 7: the last bucket's co
     cat /tmp/sweep_compile_*.log | tail -n 5
     (cd benchmarks/kernels && run sweep_mixed 330 $PY sweep_sgmv.py --buckets 2048 --only $ONLY --out "$OUT/sweep_mixed")
     cat "$OUT/sweep_mixed.log"
+elif [[ "${PART}" == 25 ]]; then  # fourth session, call 8: the S-LoRA window at 8B (30 s, as the runs) with
+    # overlapped decoding; the full bench_sgmv grid on the final table (what PART=6 left open)
+    run serving_slora_8b_30s 230 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_30s.json"
+    (cd benchmarks/kernels && run sgmv_grid 330 $PY bench_sgmv.py --budget-s 230 --out "$OUT/sgmv_grid")
+    grep -E "^\[" "$OUT/sgmv_grid.log" | tail -n 5
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
