@@ -226,6 +226,13 @@ elif [[ "${PART}" == 25 ]]; then  # fourth session, call 8: the S-LoRA window at
         --rate 40 --duration 30 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_30s.json"
     (cd benchmarks/kernels && run sgmv_grid 330 $PY bench_sgmv.py --budget-s 230 --out "$OUT/sgmv_grid")
     grep -E "^\[" "$OUT/sgmv_grid.log" | tail -n 5
+elif [[ "${PART}" == 26 ]]; then  # fourth session, call 9: the 8B S-LoRA window with 128 slots (queued requests'
+    # adapters load into free slots before a running one finishes); the Punica window at 1B with overlap
+    run serving_slora_8b_128slots 230 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 \
+        --slots 128 --rate 40 --duration 30 --drain-s 5 --cpu-cache-gb 16 --baselines nolora \
+        --json "$OUT/serving_slora_8b_128slots.json"
+    run serving_punica_1b 170 $PY $B/bench_serving.py --preset llama-3.2-1b --setting punica --adapters 1000 --slots 64 \
+        --rate 80 --duration 20 --drain-s 5 --cpu-cache-gb 32 --baselines nolora --json "$OUT/serving_punica_1b.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
