@@ -233,6 +233,18 @@ elif [[ "${PART}" == 26 ]]; then  # fourth session, call 9: the 8B S-LoRA window
         --json "$OUT/serving_slora_8b_128slots.json"
     run serving_punica_1b 170 $PY $B/bench_serving.py --preset llama-3.2-1b --setting punica --adapters 1000 --slots 64 \
         --rate 80 --duration 20 --drain-s 5 --cpu-cache-gb 32 --baselines nolora --json "$OUT/serving_punica_1b.json"
+elif [[ "${PART}" == 27 ]]; then  # fourth session, calls 10 and 11 (SKIP_TESTS=1): narrow-head paged attention launch (block_n 32, two warps
+    # from 1024 sequences x KV heads): GPU tests, then the 1B decode step's GPU time with 9428bdf's package and this tree
+    if [[ -z "${SKIP_TESTS:-}" ]]; then
+        timeout 200 $PYTEST -n 4 tests/gpu/test_paged_attention_gpu.py >/tmp/tests_attention.log 2>&1 &
+        run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+        wait
+        tail -n 2 /tmp/tests_attention.log "$OUT/tests_engine.log"
+    fi
+    PYTHONPATH=$PWD/.prev run decode_step_1b_prev 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_prev.json"
+    run decode_step_1b_attn 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_attn.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -274,7 +274,7 @@ def main() -> None:
             max_lora_rank=rank,
             lora_targets=targets,
             cpu_adapter_cache_bytes=1 << 40,  # in-memory adapters stay on the host tier anyway
-            overlap_decode=not args.no_overlap,
+            **({"overlap_decode": False} if args.no_overlap else {}),  # (an engine before it has no such field)
         )
         engine = Engine(model, None, cfg)
         ids = [f"{layout}{i}" for i in range(batches[-1])] if with_lora else []

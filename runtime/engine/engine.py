@@ -778,18 +778,22 @@ class Engine:
         return seconds
 
     def _warm_up_attention(self, blocks: list[int]) -> None:
-        """Every split count of the decode attention kernel (a compile-time constant), on one dummy row."""
+        """Every split count of the decode attention kernel (a compile-time constant), on one dummy row and on
+        enough rows for its many-sequence launch."""
         if not self.kv_cache.k.is_cuda:
             return
-        from loraledger.kernels.paged_attention import SPLIT_CHOICES, paged_attention as paged_decode_attention
+        from loraledger.kernels.paged_attention import MANY_PROGRAMS, SPLIT_CHOICES
+        from loraledger.kernels.paged_attention import paged_attention as paged_decode_attention
 
         mc = self.model.config
-        q = torch.zeros(1, mc.num_heads, mc.head_dim, dtype=self.dtype, device=self.device)
-        tables = torch.tensor([blocks], dtype=torch.int64, device=self.device)
-        lens = torch.ones(1, dtype=torch.int64, device=self.device)
-        for splits in SPLIT_CHOICES:
-            paged_decode_attention(q, self.kv_cache.k[0], self.kv_cache.v[0], tables, lens, 1.0,
-                                   sliding_window=mc.sliding_window, num_splits=splits)
+        # One row, and as many as take the kernel's many-sequence launch (narrow heads): its other variant.
+        for rows in sorted({1, min(self.config.max_num_seqs, -(-MANY_PROGRAMS // mc.num_kv_heads))}):
+            q = torch.zeros(rows, mc.num_heads, mc.head_dim, dtype=self.dtype, device=self.device)
+            tables = torch.tensor([blocks] * rows, dtype=torch.int64, device=self.device)
+            lens = torch.ones(rows, dtype=torch.int64, device=self.device)
+            for splits in SPLIT_CHOICES:
+                paged_decode_attention(q, self.kv_cache.k[0], self.kv_cache.v[0], tables, lens, 1.0,
+                                       sliding_window=mc.sliding_window, num_splits=splits)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Runs requests to completion on the calling thread (offline use, tests, benchmarks)."""
