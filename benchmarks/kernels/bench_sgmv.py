@@ -25,6 +25,7 @@ import functools
 import importlib.util
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,11 +164,11 @@ class Inputs:
     def other(self, kernels) -> Callable[[], None]:
         """Another kernels package's two launches on its own table and metadata (see --compare)."""
         meta = kernels.LoraMeta(self.case.t, self.x.device).build(self.slots, num_adapters=self.case.n)
-        ranks = self.ranks.unsqueeze(0).clone()
-        sgmv_prev = kernels.sgmv.sgmv
+        ranks = self.ranks.unsqueeze(0)
+        sgmv_other = kernels.sgmv.sgmv
 
         def run() -> None:
-            sgmv_prev(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta)
+            sgmv_other(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta)
 
         return run
 
@@ -375,8 +376,6 @@ def goals(row: dict) -> dict:
 
 def load_kernels(name: str, path: Path):
     """Another copy of the kernels package (a directory holding its __init__.py), imported as NAME_kernels."""
-    import sys
-
     module_name = f"{name}_kernels"
     spec = importlib.util.spec_from_file_location(module_name, path / "__init__.py",
                                                   submodule_search_locations=[str(path)])
@@ -507,9 +506,8 @@ def fused_rows(timer: Timer, max_t: int = 1 << 62, others: dict | None = None) -
             row["one_us"] = timer(one) if t <= FUSED_MAX_T else None
             for other, kernels in (others or {}).items():
                 other_meta = kernels.LoraMeta(t, device).build(slots, num_adapters=n)
-                other_ranks = ranks.clone()
-                row[f"{other}_us"] = timer(lambda k=kernels, m=other_meta, r=other_ranks: k.lora_apply_fused(
-                    y, x, lora_a, lora_b, r, scales, slots, meta=m))  # noqa: B023
+                row[f"{other}_us"] = timer(lambda k=kernels, m=other_meta: k.lora_apply_fused(
+                    y, x, lora_a, lora_b, ranks, scales, slots, meta=m))  # noqa: B023
             rows.append(row)
             print(f"{name} {kind} T={t} n={n}: public {row['public_us']:.1f}, one {row['one_us']}, two {row['two_us']:.1f},"
                   f" coop {row['coop_us']:.1f}, separate {row['separate_us']:.1f}", flush=True)

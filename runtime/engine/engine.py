@@ -560,23 +560,22 @@ class Engine:
         # Single-token rows (decodes) first: attention runs rows [0, num_decode_rows) through the decode kernel.
         scheduled = sorted(scheduled, key=lambda item: item[1] > 1)
         num_rows = len(scheduled)
-        device_ids = input_ids
-        ids, starts, lens, slots, tables, logits_indices, sampled = [], [], [], [], [], [], []
+        token_ids, starts, lens, slots, tables, logits_indices, sampled = [], [], [], [], [], [], []
         num_decode_rows = num_tokens = 0
         for seq, n in scheduled:
             start = seq.num_computed
             num_decode_rows += n == 1
-            ids += [0] if device_ids is not None else seq.token_ids[start : start + n]
+            token_ids += [0] if input_ids is not None else seq.token_ids[start : start + n]
             starts.append(start)
             lens.append(n)
             slots.append(seq.slot)
             tables.append(seq.blocks)
             num_tokens += n
-            if device_ids is not None or start + n == len(seq.token_ids):
+            if input_ids is not None or start + n == len(seq.token_ids):
                 logits_indices.append(num_tokens - 1)
                 sampled.append(seq)
         max_blocks = max(map(len, tables))
-        flat = [*ids, *starts, *lens, *slots, *logits_indices]
+        flat = [*token_ids, *starts, *lens, *slots, *logits_indices]
         for table in tables:
             flat += table
             flat += [0] * (max_blocks - len(table))
@@ -584,8 +583,8 @@ class Engine:
         dev = host.to(self.device, non_blocking=True)
         sizes = (num_tokens, num_rows, num_rows, num_rows, len(logits_indices), num_rows * max_blocks)
         ids, start_t, len_t, slot_t, logits_idx, table_t = dev.split(sizes)
-        if device_ids is not None:
-            ids = device_ids
+        if input_ids is not None:
+            ids = input_ids
         table_t = table_t.view(num_rows, max_blocks)
 
         arange = self._arange

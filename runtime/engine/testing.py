@@ -165,3 +165,24 @@ def lora_state_dict(
             tensors[f"{prefix}.lora_A.weight"] = torch.randn(r, k, generator=g).to(dtype)
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(n, r, generator=g).to(dtype)
     return tensors
+
+
+# A small adapter layout for tests of the slot pool and the adapter cache without a model: two layers, four of
+# the seven projections served, (in_features, out_features) each.
+SMALL_LORA_SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "down_proj": (128, 64)}
+
+
+def small_slot_pool(num_slots: int, *, max_rank: int = 8, dtype: torch.dtype = torch.float32):
+    """A CPU SlotPool of `num_slots` slots over SMALL_LORA_SHAPES (two layers)."""
+    from ..adapters import SlotPool
+    from .model import LORA_PROJECTIONS
+
+    return SlotPool(num_slots=num_slots, num_layers=2, projections=LORA_PROJECTIONS,
+                    projection_shapes=SMALL_LORA_SHAPES, max_rank=max_rank, dtype=dtype, device=torch.device("cpu"))
+
+
+def small_adapter_spec(max_rank: int = 8):
+    """The AdapterSpec of small_slot_pool's layout (a 16 MiB file limit)."""
+    from ..adapters import AdapterSpec
+
+    return AdapterSpec(2, SMALL_LORA_SHAPES, max_rank=max_rank, max_bytes=1 << 24)

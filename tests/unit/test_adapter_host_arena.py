@@ -11,19 +11,21 @@ import pytest
 import torch
 from loraledger.runtime.adapters import (
     AdapterCache,
-    AdapterSpec,
     HostArena,
     HostBudgetFullError,
     ReleasedBlockError,
-    SlotPool,
     adapter_from_tensors,
     read_peft_adapter,
 )
-from loraledger.runtime.engine.testing import lora_state_dict
+from loraledger.runtime.engine.testing import (
+    SMALL_LORA_SHAPES,
+    lora_state_dict,
+    small_adapter_spec,
+    small_slot_pool,
+)
 from safetensors.torch import save_file
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "down_proj": (128, 64)}
+SHAPES = SMALL_LORA_SHAPES
 CPU = torch.device("cpu")
 
 
@@ -122,20 +124,8 @@ def test_arena_is_thread_safe():
 # --- packing into blocks ------------------------------------------------------------------------------
 
 
-def _pool(num_slots=2, max_rank=8, dtype=torch.float32):
-    return SlotPool(
-        num_slots=num_slots,
-        num_layers=2,
-        projections=PROJECTIONS,
-        projection_shapes=SHAPES,
-        max_rank=max_rank,
-        dtype=dtype,
-        device=CPU,
-    )
-
-
-def _spec(max_rank=8):
-    return AdapterSpec(2, SHAPES, max_rank=max_rank, max_bytes=1 << 24)
+def _pool(num_slots=2, dtype=torch.float32):
+    return small_slot_pool(num_slots, dtype=dtype)
 
 
 def _peft_tensors(r, targets, seed):
@@ -169,7 +159,7 @@ def test_packing_into_recycled_blocks_matches_a_fresh_zeroed_image(dtype):
     assert arena.block_bytes == pool.host_image_bytes >= pool.slot_bytes + 2 * 7 * 4
     for i, (r, alpha, targets) in enumerate(ADAPTERS):  # one block, each adapter over the last one's image
         config = {"r": r, "lora_alpha": alpha, "target_modules": targets}
-        weights = adapter_from_tensors(config, _peft_tensors(r, targets, seed=i), _spec())
+        weights = adapter_from_tensors(config, _peft_tensors(r, targets, seed=i), small_adapter_spec())
         block = arena.alloc()
         if i == 0:
             block.data.fill_(0xFF)  # whatever the memory held before
@@ -183,13 +173,13 @@ def test_packing_into_recycled_blocks_matches_a_fresh_zeroed_image(dtype):
         assert torch.equal(pool.ranks[:, :, i % pool.num_slots], ranks)
         packed.release()
     # pack() without a cache: an image of its own, the same bytes.
-    weights = adapter_from_tensors({"r": 2, "target_modules": ["v_proj"]}, _peft_tensors(2, ["v_proj"], 9), _spec())
+    weights = adapter_from_tensors({"r": 2, "target_modules": ["v_proj"]}, _peft_tensors(2, ["v_proj"], 9), small_adapter_spec())
     assert torch.equal(pool.pack(weights, pin_memory=False).flat, _reference_image(pool, weights)[0])
 
 
 def test_released_packed_adapter_cannot_be_used_or_released_again():
     pool = _pool()
-    weights = adapter_from_tensors({"r": 2, "target_modules": ["v_proj"]}, _peft_tensors(2, ["v_proj"], 1), _spec())
+    weights = adapter_from_tensors({"r": 2, "target_modules": ["v_proj"]}, _peft_tensors(2, ["v_proj"], 1), small_adapter_spec())
     packed = pool.pack(weights, pin_memory=False)
     packed.release()
     assert packed.released
@@ -255,7 +245,7 @@ def folders(tmp_path):
 
 def test_tiny_budget_evicts_and_reloads_identical_images_from_disk(folders):
     pool = _pool(num_slots=1)  # every load below is a device miss
-    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=3 * pool.host_image_bytes + 100, device=CPU)
+    cache = AdapterCache(pool, small_adapter_spec(), cpu_budget_bytes=3 * pool.host_image_bytes + 100, device=CPU)
     for adapter_id, folder in folders.items():
         cache.add(adapter_id, folder)
     stats = cache.stats_snapshot()
@@ -264,7 +254,7 @@ def test_tiny_budget_evicts_and_reloads_identical_images_from_disk(folders):
     # One chunk for the budget and the spare blocks: never more than that is mapped.
     assert stats["host_pinned_bytes"] == _pages(5 * pool.host_image_bytes)
 
-    expected = {k: _reference_image(pool, read_peft_adapter(f, _spec())) for k, f in folders.items()}
+    expected = {k: _reference_image(pool, read_peft_adapter(f, small_adapter_spec())) for k, f in folders.items()}
     order = ["a11", "a10", "a0", "a1", "a0", "a5", "a9", "a1"]
     for adapter_id in order:
         image, ranks = _load(cache, adapter_id)
@@ -282,7 +272,7 @@ def test_tiny_budget_evicts_and_reloads_identical_images_from_disk(folders):
 
 def test_in_memory_adapters_over_budget_raise_and_the_others_keep_serving(folders):
     pool = _pool(num_slots=1)
-    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=2 * pool.host_image_bytes, device=CPU)
+    cache = AdapterCache(pool, small_adapter_spec(), cpu_budget_bytes=2 * pool.host_image_bytes, device=CPU)
     cache.add("p0", folders["a0"])
     in_memory = {}
     for i, (r, alpha, targets) in enumerate(ADAPTERS[:2]):
@@ -302,10 +292,10 @@ def test_in_memory_adapters_over_budget_raise_and_the_others_keep_serving(folder
         image, _ = _load(cache, adapter_id)
         if adapter_id in in_memory:
             config, tensors = in_memory[adapter_id]
-            expected = _reference_image(pool, adapter_from_tensors(config, tensors, _spec()))[0]
+            expected = _reference_image(pool, adapter_from_tensors(config, tensors, small_adapter_spec()))[0]
         else:
             folder = folders["a0" if adapter_id == "p0" else "a1"]
-            expected = _reference_image(pool, read_peft_adapter(folder, _spec()))[0]
+            expected = _reference_image(pool, read_peft_adapter(folder, small_adapter_spec()))[0]
         assert torch.equal(image, expected)
         assert cache.stats_snapshot()["host_used_images"] == 2  # the spare block came back after the copy
     stats = cache.stats_snapshot()
@@ -318,7 +308,7 @@ def test_in_memory_adapters_over_budget_raise_and_the_others_keep_serving(folder
 
 def test_an_image_whose_copy_is_in_flight_is_never_evicted_or_freed(folders):
     pool = _pool(num_slots=2)
-    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=pool.host_image_bytes, device=CPU)
+    cache = AdapterCache(pool, small_adapter_spec(), cpu_budget_bytes=pool.host_image_bytes, device=CPU)
     cache.add("a0", folders["a0"])
     image = cache._entries["a0"].packed.flat.clone()
     # a0's image is being copied to a slot: the state _start_copy leaves on CUDA until poll() sees the event.
@@ -334,7 +324,7 @@ def test_an_image_whose_copy_is_in_flight_is_never_evicted_or_freed(folders):
     stats = cache.stats_snapshot()
     assert stats["host_evictions"] == 1 and stats["host_used_images"] == 1 and stats["disk_reads"] == 1
     assert torch.equal(cache._entries["a0"].packed.flat, image)
-    assert torch.equal(image_a1, _reference_image(pool, read_peft_adapter(folders["a1"], _spec()))[0])
+    assert torch.equal(image_a1, _reference_image(pool, read_peft_adapter(folders["a1"], small_adapter_spec()))[0])
 
     # Removed mid-copy: the block stays taken until the copy is done.
     cache.remove("a0")

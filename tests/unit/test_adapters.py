@@ -10,7 +10,14 @@ import pytest
 import torch
 from loraledger.runtime.adapters import InvalidAdapterError
 from loraledger.runtime.engine import Engine, GenerationRequest, SamplingParams
-from loraledger.runtime.engine.testing import lora_state_dict, make_peft_adapter, make_tiny_model
+from loraledger.runtime.engine.testing import (
+    SMALL_LORA_SHAPES,
+    lora_state_dict,
+    make_peft_adapter,
+    make_tiny_model,
+    small_adapter_spec,
+    small_slot_pool,
+)
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -288,28 +295,11 @@ def test_file_broken_on_disk_after_registration_fails_its_requests(base, good, t
 
 # --- the slot pool's layout and the host tier, without an engine -------------------------------------
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SHAPES = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "down_proj": (128, 64)}
+SHAPES = SMALL_LORA_SHAPES
 
 
-def _pool(num_slots=3, max_rank=8):
-    from loraledger.runtime.adapters import SlotPool
-
-    return SlotPool(
-        num_slots=num_slots,
-        num_layers=2,
-        projections=PROJECTIONS,
-        projection_shapes=SHAPES,
-        max_rank=max_rank,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
-    )
-
-
-def _spec(max_rank=8):
-    from loraledger.runtime.adapters import AdapterSpec
-
-    return AdapterSpec(2, SHAPES, max_rank=max_rank, max_bytes=1 << 24)
+def _pool(num_slots=3):
+    return small_slot_pool(num_slots)
 
 
 def _peft_tensors(r, targets, seed):
@@ -354,7 +344,7 @@ def test_packed_adapter_is_one_slot_image_with_scale_folded_and_zero_padding():
     pool = _pool()
     tensors = _peft_tensors(4, ["q_proj", "down_proj"], seed=5)
     config = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"]}
-    packed = pool.pack(adapter_from_tensors(config, tensors, _spec()), pin_memory=False)
+    packed = pool.pack(adapter_from_tensors(config, tensors, small_adapter_spec()), pin_memory=False)
     assert packed.flat.shape == (pool.slot_elems,) and packed.rank == 4
 
     pool.slots.fill_(7.0)  # stale weights of an earlier adapter: the image overwrites every element
@@ -376,7 +366,7 @@ def test_host_tier_load_evict_reload_gives_identical_slot_and_counts_host_hits()
     from loraledger.runtime.adapters import AdapterCache
 
     pool = _pool(num_slots=1)  # in-memory adapters never leave the host tier: the budget holds both
-    cache = AdapterCache(pool, _spec(), cpu_budget_bytes=2 * pool.host_image_bytes, device=torch.device("cpu"))
+    cache = AdapterCache(pool, small_adapter_spec(), cpu_budget_bytes=2 * pool.host_image_bytes, device=torch.device("cpu"))
     targets = ["q_proj", "k_proj", "v_proj", "down_proj"]
     cache.add("a", config={"r": 8, "target_modules": targets}, tensors=_peft_tensors(8, targets, seed=1))
     cache.add("b", config={"r": 2, "target_modules": ["v_proj"]}, tensors=_peft_tensors(2, ["v_proj"], seed=2))
