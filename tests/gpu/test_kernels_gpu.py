@@ -210,3 +210,79 @@ def test_every_table_config_runs_two_launches_without_pdl() -> None:
         sgmv(y_pdl, *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=True))
         sgmv(inp["y"], *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=False))
         torch.testing.assert_close(y_pdl, inp["y"], rtol=0, atol=0)
+
+
+LINEAR_CASES = (
+    Case("linear_decode_distinct", 64, 4096, (4096, 1024, 1024), 64, 16, "distinct"),
+    Case("linear_decode_random", 200, 1024, (2000, 2000), 40, 8, "random"),
+    Case("linear_down", 33, 14336, (4096,), 8, 16, "random"),
+    Case("linear_prefill", 1500, 2048, (1000,), 5, 64, "random"),
+)
+
+
+def _linear_reference(inp: dict, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias plus every slice's LoRA, in float64 on the CPU."""
+    from loraledger.kernels import lora_apply_fused_ref
+
+    x = inp["x"].double().cpu()
+    ref = x @ weight.double().cpu().T
+    if bias is not None:
+        ref += bias.double().cpu()
+    return lora_apply_fused_ref(
+        ref,
+        x,
+        tuple(t.double().cpu() for t in inp["lora_a"]),
+        tuple(t.double().cpu() for t in inp["lora_b"]),
+        inp["ranks"].cpu(),
+        inp["scales"].double().cpu(),
+        inp["token_slots"].cpu(),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: c.name)
+def test_lora_linear_with_a_side_stream(case: Case, dtype: str) -> None:
+    """lora_linear with its shrink on a side stream: the float64 result, the same values as on one stream,
+    eagerly and replayed from a captured graph over new inputs (the output poisoned before each replay)."""
+    from loraledger.kernels import LoraMeta, lora_linear
+
+    dt = DTYPES[dtype]
+    gen = torch.Generator().manual_seed(31)
+    inp = cases.make_inputs(case, dt, "cuda", gen)
+    width, k = sum(case.widths), case.k
+    weight = (torch.randn(width, k, generator=gen, dtype=torch.float64) * k**-0.5).to(dt).cuda()
+    bias = None if case.mix == "distinct" else torch.randn(width, generator=gen, dtype=torch.float64).to(dt).cuda()
+    side = torch.cuda.Stream()
+    meta = LoraMeta(case.t, "cuda")
+    args = ("x", "lora_a", "lora_b", "ranks", "scales", "token_slots")
+
+    def run(stream):
+        meta.build(inp["token_slots"])
+        x, a, b, ranks, scales, slots = (inp[k] for k in args)
+        return lora_linear(x, weight, bias, a, b, ranks, scales, slots, meta=meta, stream=stream)
+
+    def err(y: torch.Tensor) -> float:
+        ref = _linear_reference(inp, weight, bias)
+        return float((y.double().cpu() - ref).norm() / ref.norm())
+
+    _poison_allocator()
+    one_stream = run(None)
+    overlapped = run(side)
+    torch.cuda.synchronize()
+    assert err(overlapped) <= cases.TOLERANCE[dt]
+    torch.testing.assert_close(overlapped, one_stream, rtol=0, atol=0)
+
+    capture = torch.cuda.Stream()
+    capture.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=capture):
+        static_y = run(side)
+    for seed in range(4):
+        fresh = cases.make_inputs(case, dt, "cuda", torch.Generator().manual_seed(200 + seed))
+        for key in ("x", "token_slots"):
+            inp[key].copy_(fresh[key])
+        static_y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert err(static_y) <= cases.TOLERANCE[dt], seed
+        torch.testing.assert_close(static_y, run(None), rtol=0, atol=0)
