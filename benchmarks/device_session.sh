@@ -245,23 +245,6 @@ elif [[ "${PART}" == 27 ]]; then  # fourth session, calls 10 and 11 (SKIP_TESTS=
         --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_prev.json"
     run decode_step_1b_attn 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
         --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_attn.json"
-elif [[ "${PART}" == 28 ]]; then  # fifth session: each LoRA layer's shrink on a side stream while its base matmul
-    # runs (EngineConfig.overlap_lora): its GPU tests, then the decode step with and without it (SETTINGS, MODEL)
-    if [[ -z "${SKIP_TESTS:-}" ]]; then
-        timeout 200 $PYTEST -rf -k lora_linear tests/gpu/test_kernels_gpu.py >"$OUT/tests_lora_linear.log" 2>&1 &
-        run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
-        wait
-        tail -n 3 "$OUT/tests_lora_linear.log" "$OUT/tests_engine.log"
-    fi
-    for model in ${MODELS:-llama-3-8b}; do
-        for mode in lora_overlap one_stream; do
-            flag=""; [[ $mode == one_stream ]] && flag=--no-lora-overlap
-            run decode_step_${model}_$mode 200 $PY $B/bench_decode_step.py --preset $model --settings ${SETTINGS:-punica} \
-                --batches ${BATCHES:-64 128} --context 512 --steps 10 --replays 20 $flag ${PROFILE:-} \
-                --json "$OUT/decode_step_${model}_$mode.json"
-            grep -E "B=" "$OUT/decode_step_${model}_$mode.log" | head
-        done
-    done
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -6,9 +6,6 @@ Public operators (in place, return y):
 - ``lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: up to three
   slices of one input (qkv, gate_up) written side by side into y's columns, all slices in the same
   launches.
-- ``lora_linear(x, weight, bias, lora_a, lora_b, ranks, scales, token_slots, *, meta=None, stream=None)``:
-  a whole LoRA layer, x @ weight.T + bias plus lora_apply_fused; with a side stream the shrink runs on it
-  while the base matmul runs (the shrink needs only x, and a skinny decode matmul leaves bandwidth free).
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
 same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
@@ -34,7 +31,7 @@ import torch
 from .meta import LoraMeta
 from .reference import lora_apply_fused_ref, lora_apply_ref
 
-__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref", "lora_linear"]
+__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
 
 
 def lora_apply(
@@ -78,73 +75,6 @@ def lora_apply_fused(
     if _use_triton(x):
         return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
     return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
-
-
-def lora_linear(
-    x: torch.Tensor,  # [T, K]
-    weight: torch.Tensor,  # [sum N_i, K]
-    bias: torch.Tensor | None,  # [sum N_i]
-    lora_a: tuple[torch.Tensor, ...],  # n <= 3 x [S, R, K]
-    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
-    ranks: torch.Tensor,  # [n, S] integer
-    scales: torch.Tensor,  # [S] float32
-    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
-    *,
-    meta: LoraMeta | None = None,
-    stream: torch.cuda.Stream | None = None,
-) -> torch.Tensor:
-    """y = x @ weight.T + bias, then lora_apply_fused(y, x, ...); returns the new y [T, sum N_i].
-
-    With `stream` (CUDA tensors, split-K path), the shrink is launched on that side stream, which first
-    waits for the current one, while the base matmul runs on the current stream; the current stream then
-    waits for the side stream and runs the expand. Graph capture records the fork and the join as two
-    branches. The result is the same as without a stream (the same kernels on the same data)."""
-    if stream is None or not x.is_cuda:
-        y = torch.nn.functional.linear(x, weight, bias)
-        return lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, meta=meta)
-    from .sgmv import prepare
-    from .sgmv_expand import sgmv_expand
-    from .sgmv_shrink import sgmv_shrink, shrink_workspace
-
-    lora_a, lora_b = tuple(lora_a), tuple(lora_b)
-    y = x.new_empty((x.shape[0], weight.shape[0]))
-    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
-    cfg = _split_config(x, lora_a, lora_b, meta)
-    if cfg is None:  # a one-launch path (or no tokens): nothing to overlap
-        _base_matmul(y, x, weight, bias)
-        return _triton_apply(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
-    # Allocated on the current stream, which frees it after the expand; the side stream's use ends first.
-    ws = shrink_workspace(x, lora_a, meta, cfg)
-    current = torch.cuda.current_stream(x.device)
-    stream.wait_stream(current)
-    with torch.cuda.stream(stream):
-        sgmv_shrink(x, lora_a, ranks, meta, cfg, ws=ws)
-    _base_matmul(y, x, weight, bias)
-    current.wait_stream(stream)
-    # No PDL: the expand reads y before its PDL wait, and here its predecessor writes y.
-    return sgmv_expand(y, lora_b, ranks, scales, ws, meta, cfg)
-
-
-def _base_matmul(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """y = x @ weight.T + bias into y: the calls F.linear makes, with an out."""
-    if bias is None:
-        torch.mm(x, weight.t(), out=y)
-    else:
-        torch.addmm(bias, x, weight.t(), out=y)
-
-
-def _split_config(x: torch.Tensor, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], meta: LoraMeta):
-    """The table's split-K config for these inputs, or None where a one-launch path (whole-K or
-    cooperative) serves them."""
-    from .configs import fused_config, prefers_fused, sgmv_config
-
-    t = x.shape[0]
-    s, r, k = lora_a[0].shape
-    widths = tuple(b.shape[1] for b in lora_b)
-    if t == 0 or prefers_fused(fused_config(x.device), t, meta.max_tiles(s), meta.block_t, widths, k, r, x.element_size()):
-        return None
-    cfg = sgmv_config(t, x.device, r)
-    return None if cfg.coop else cfg
 
 
 def _triton_apply(

@@ -9,7 +9,7 @@ import triton.language as tl
 from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
 
-__all__ = ["MAX_SPLITS", "sgmv_shrink", "shrink_workspace", "split_plan"]
+__all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
 
 MAX_SPLITS = 64  # K chunks at most: the expand sums them in unrolled groups of 16
 
@@ -23,19 +23,6 @@ def split_plan(k: int, cfg: SgmvConfig, max_tiles: int) -> tuple[int, int, int]:
     k_chunk = max(cfg.k_chunk, triton.cdiv(k, min(max_splits, MAX_SPLITS)))
     k_chunk = min(triton.cdiv(k_chunk, block_k), triton.cdiv(k, block_k)) * block_k
     return block_k, k_chunk, triton.cdiv(k, k_chunk)
-
-
-def shrink_workspace(
-    x: torch.Tensor,  # [T, K]
-    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
-    meta: LoraMeta,
-    cfg: SgmvConfig,
-) -> torch.Tensor:
-    """A new, unwritten workspace [split_k, n, T, block_r] fp32 for sgmv_shrink with these inputs."""
-    a0 = lora_a[0]
-    block_r = max(16, triton.next_power_of_2(a0.shape[1]))
-    split_k = split_plan(x.shape[1], cfg, meta.max_tiles(a0.shape[0]))[2]
-    return torch.empty((split_k, len(lora_a), x.shape[0], block_r), dtype=torch.float32, device=x.device)
 
 
 @triton.jit
@@ -177,23 +164,18 @@ def sgmv_shrink(
     meta: LoraMeta,
     cfg: SgmvConfig,
     pdl: bool = False,
-    ws: torch.Tensor | None = None,  # from shrink_workspace; None: a new one
 ) -> torch.Tensor:
     """Launch the shrink; returns the workspace [split_k, n, T, block_r] fp32 that sgmv_expand sums.
 
     Rows of tiles whose slot has rank 0 in a slice, and of -1 tokens, are left unwritten: the expand
-    never reads them. `pdl` lets an expand launched with PDL start before this kernel ends. A workspace
-    passed in lets a caller allocate it on one stream and shrink on another (kernels.lora_linear)."""
+    never reads them. `pdl` lets an expand launched with PDL start before this kernel ends."""
     t, k = x.shape
     a0 = lora_a[0]
     num_slices = len(lora_a)
     block_r = max(16, triton.next_power_of_2(a0.shape[1]))
     max_tiles = meta.max_tiles(a0.shape[0])
     block_k, k_chunk, split_k = split_plan(k, cfg, max_tiles)
-    if ws is None:
-        ws = shrink_workspace(x, lora_a, meta, cfg)
-    elif ws.shape != (split_k, num_slices, t, block_r) or ws.dtype != torch.float32:
-        raise ValueError(f"workspace {tuple(ws.shape)} {ws.dtype}, the shrink needs {(split_k, num_slices, t, block_r)} fp32")
+    ws = torch.empty((split_k, num_slices, t, block_r), dtype=torch.float32, device=x.device)
     max_items = max_tiles * num_slices * split_k
     if max_items == 0:
         return ws

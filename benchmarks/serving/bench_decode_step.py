@@ -232,8 +232,6 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="split each step's GPU time by kernel (torch.profiler)")
     p.add_argument("--no-overlap", action="store_true", help="EngineConfig(overlap_decode=False): every step's "
                    "tokens read before the next step is launched")
-    p.add_argument("--no-lora-overlap", action="store_true", help="EngineConfig(overlap_lora=False): each LoRA "
-                   "layer's shrink runs after its base matmul on one stream")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -277,7 +275,6 @@ def main() -> None:
             lora_targets=targets,
             cpu_adapter_cache_bytes=1 << 40,  # in-memory adapters stay on the host tier anyway
             **({"overlap_decode": False} if args.no_overlap else {}),  # (an engine before it has no such field)
-            **({"overlap_lora": False} if args.no_lora_overlap else {}),
         )
         engine = Engine(model, None, cfg)
         ids = [f"{layout}{i}" for i in range(batches[-1])] if with_lora else []

@@ -144,8 +144,6 @@ def engine_config(args, *, rank: int, targets, max_model_len: int, **overrides) 
         "max_model_len": max_model_len,
         "overlap_decode": not getattr(args, "no_overlap", False),
     }
-    if getattr(args, "no_lora_overlap", False):  # (an engine before it has no such field)
-        fields["overlap_lora"] = False
     fields.update(overrides)
     return EngineConfig(**fields)
 
@@ -585,8 +583,6 @@ def main() -> None:
     p.add_argument("--sample-stacks", action="store_true", help="sample the engine thread's stack (StackSampler)")
     p.add_argument("--no-overlap", action="store_true", help="EngineConfig(overlap_decode=False): read every step's "
                    "tokens before the next step is launched")
-    p.add_argument("--no-lora-overlap", action="store_true", help="EngineConfig(overlap_lora=False): each LoRA "
-                   "layer's shrink runs after its base matmul on one stream")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     baselines = set(args.baselines.split(",")) - {"none", ""}

@@ -150,7 +150,6 @@ class DecodeGraphs(CapturedBuckets):
         max_context_len: int,  # bounds every context length: fixes the attention's split count
         capture: bool,
         device: torch.device,
-        lora_stream: torch.cuda.Stream | None = None,  # LoRABatch.stream: the shrinks' side stream
     ):
         self.model = model
         self.kv_cache = kv_cache
@@ -168,7 +167,6 @@ class DecodeGraphs(CapturedBuckets):
         self._arange = torch.arange(max_batch, **i64)
         self._zeros = torch.zeros(max_batch, **i64)
         self._lora_meta = LoraMeta(max_batch, device)
-        self._lora_stream = lora_stream
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._failed: set[tuple[int, bool]] = set()
         self._pool = None
@@ -273,7 +271,7 @@ class DecodeGraphs(CapturedBuckets):
         lora = None
         if use_lora:
             slots = v["lora_slots"].to(torch.int32)
-            lora = LoRABatch(slots, self._lora_meta.build(slots), self._lora_stream)
+            lora = LoRABatch(token_slots=slots, meta=self._lora_meta.build(slots))
         return self.model(v["input_ids"], v["positions"], self.kv_cache, attn, lora, self._arange[:bucket])
 
     def _fill_padding(self, bucket: int) -> None:

@@ -89,8 +89,6 @@ class EngineConfig:
     # In steady decoding, launch step N+1 (its input tokens taken on the device from step N's samples) before
     # reading step N's tokens back: the host's work per step overlaps the device's (see the module docstring).
     overlap_decode: bool = True
-    # CUDA: each LoRA layer's shrink runs on a side stream while the layer's base matmul runs (kernels.lora_linear).
-    overlap_lora: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -231,8 +229,6 @@ class Engine:
         )
         self._attach_lora_buffers()
         self._lora_meta = LoraMeta(config.max_num_batched_tokens, self.device)
-        overlap_lora = config.overlap_lora and self.device.type == "cuda"
-        self._lora_stream = torch.cuda.Stream(self.device) if overlap_lora else None
         spec = AdapterSpec(mc.num_layers, shapes, config.max_lora_rank, config.max_adapter_bytes)
         self.adapters = AdapterCache(
             self.slot_pool, spec, cpu_budget_bytes=config.cpu_adapter_cache_bytes, device=self.device
@@ -277,7 +273,6 @@ class Engine:
                 max_context_len=self.max_model_len,
                 capture=True,
                 device=self.device,
-                lora_stream=self._lora_stream,
             )
         self._mixed: MixedGraphs | None = None
         if use_graphs and config.piecewise_graphs:
@@ -289,7 +284,6 @@ class Engine:
                 scratch_slot=num_blocks * config.block_size,
                 capture=True,
                 device=self.device,
-                lora_stream=self._lora_stream,
             )
         self._arange = torch.arange(max(config.max_num_batched_tokens, config.max_num_seqs), device=self.device)
         self._generator = torch.Generator(self.device).manual_seed(config.seed)
@@ -619,7 +613,7 @@ class Engine:
         if any(s >= 0 for s in slots):
             token_slots = slot_t.to(torch.int32)[token_seq]
             if build_lora:
-                lora = LoRABatch(token_slots, self._lora_meta.build(token_slots), self._lora_stream)
+                lora = LoRABatch(token_slots=token_slots, meta=self._lora_meta.build(token_slots))
         return {
             "input_ids": ids,
             "positions": positions,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loraledger.kernels import LoraMeta, lora_apply, lora_linear
+from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
 
 __all__ = ["LoRABatch", "LoRALinear", "SliceBuffers"]
 
@@ -19,8 +19,6 @@ class LoRABatch:
 
     token_slots: torch.Tensor  # [T] int32 slot of each token's adapter, -1 = base model
     meta: LoraMeta  # tokens sorted by slot into tiles, built from token_slots once per step
-    # CUDA: a side stream on which each layer's shrink runs while its base matmul runs (kernels.lora_linear)
-    stream: torch.cuda.Stream | None = None
 
 
 @dataclass(frozen=True)
@@ -54,23 +52,14 @@ class LoRALinear(nn.Module):
         self.buffers_ = buffers
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)  # [T, sum N_i]
         buf = self.buffers_
         if lora is None or buf is None:
-            return F.linear(x, self.weight, self.bias)  # [T, sum N_i]
+            return y
         if all(a is not None for a in buf.lora_a):
-            return lora_linear(
-                x,
-                self.weight,
-                self.bias,
-                buf.lora_a,
-                buf.lora_b,
-                buf.ranks,
-                buf.scales,
-                lora.token_slots,
-                meta=lora.meta,
-                stream=lora.stream,
+            return lora_apply_fused(
+                y, x, buf.lora_a, buf.lora_b, buf.ranks, buf.scales, lora.token_slots, meta=lora.meta
             )
-        y = F.linear(x, self.weight, self.bias)
         # Some slices are not in the pool (e.g. lora_targets of q and v only): one call per served slice.
         offset = 0
         for i, n in enumerate(self.out_sizes):

@@ -65,7 +65,6 @@ class MixedGraphs(CapturedBuckets):
         scratch_slot: int,  # a flat KV slot of a block no sequence owns
         capture: bool,
         device: torch.device,
-        lora_stream: torch.cuda.Stream | None = None,  # LoRABatch.stream: the shrinks' side stream
     ):
         self.model = model
         self.kv_cache = kv_cache
@@ -91,7 +90,6 @@ class MixedGraphs(CapturedBuckets):
         self._residual = torch.zeros(max_tokens, c.hidden_size, **act)
         self._logits = torch.zeros(max_rows, c.vocab_size, dtype=torch.float32, device=device)
         self._lora_meta = LoraMeta(max_tokens, device)
-        self._lora_stream = lora_stream
         self._graphs: dict[tuple[int, bool], list[torch.cuda.CUDAGraph]] = {}
         self._failed: set[tuple[int, bool]] = set()
         self._pool = None
@@ -151,7 +149,7 @@ class MixedGraphs(CapturedBuckets):
 
     def _lora_batch(self, bucket: int) -> LoRABatch:
         slots = self._lora_slots[:bucket]
-        return LoRABatch(slots, self._lora_meta.build(slots), self._lora_stream)
+        return LoRABatch(token_slots=slots, meta=self._lora_meta.build(slots))
 
     @torch.inference_mode()
     def _piece(self, i: int, bucket: int, lora: LoRABatch | None) -> None:
