@@ -245,6 +245,31 @@ elif [[ "${PART}" == 27 ]]; then  # fourth session, calls 10 and 11 (SKIP_TESTS=
         --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_prev.json"
     run decode_step_1b_attn 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
         --batches 64 128 256 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_attn.json"
+elif [[ "${PART}" == 29 ]]; then  # fifth session, call 2 (and next): kernels/skinny_matmul.py (split-K matmul for few
+    # rows): its GPU tests, then its launch configs against cuBLAS on the 1B and 8B projections (compiled in 8 shards
+    # first); the sweep prints the table for configs._HOPPER_SKINNY
+    timeout 150 $PYTEST -rf tests/gpu/test_skinny_matmul_gpu.py >"$OUT/tests_skinny.log" 2>&1 &
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_skinny.py --compile-only --shard $i/8 \
+            --rows ${ROWS:-64,16}) >"/tmp/skinny_compile_$i.log" 2>&1 &
+    done
+    wait
+    tail -n 3 "$OUT/tests_skinny.log" /tmp/skinny_compile_*.log | grep -v "^$" | tail -n 20
+    (cd benchmarks/kernels && run sweep_skinny 400 $PY sweep_skinny.py --rows ${ROWS:-64,16} --budget-s 330 \
+        --out "$OUT/sweep_skinny.json")
+    cat "$OUT/sweep_skinny.log"
+elif [[ "${PART}" == 30 ]]; then  # next: the decode step with kernels.linear's table (filled from PART=29's sweep)
+    # and without it (LORALEDGER_SKINNY_MATMUL=0), 1B no-LoRA then 8B no-LoRA and Punica; the engine GPU tests
+    run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py tests/gpu/test_skinny_matmul_gpu.py
+    tail -n 3 "$OUT/tests_engine.log"
+    for mode in skinny cublas; do
+        [[ $mode == cublas ]] && export LORALEDGER_SKINNY_MATMUL=0
+        run decode_step_1b_$mode 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+            --batches 16 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_$mode.json"
+        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora punica \
+            --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
+    done
+    unset LORALEDGER_SKINNY_MATMUL
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -6,6 +6,7 @@ Public operators (in place, return y):
 - ``lora_apply_fused(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None)``: up to three
   slices of one input (qkv, gate_up) written side by side into y's columns, all slices in the same
   launches.
+- ``linear(x, weight, bias=None)``: F.linear, or kernels/skinny_matmul.py where its table says so.
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
 same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
@@ -31,7 +32,7 @@ import torch
 from .meta import LoraMeta
 from .reference import lora_apply_fused_ref, lora_apply_ref
 
-__all__ = ["LoraMeta", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
+__all__ = ["LoraMeta", "linear", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
 
 
 def lora_apply(
@@ -75,6 +76,20 @@ def lora_apply_fused(
     if _use_triton(x):
         return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
     return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), through kernels/skinny_matmul.py (split-K for few rows) where
+    configs.skinny_config lists a measured win for this many rows of this shape on this device."""
+    if x.is_cuda and x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous():
+        from .configs import skinny_config
+
+        cfg = skinny_config(x.shape[0], weight.shape[0], weight.shape[1], x.device)
+        if cfg is not None:
+            from .skinny_matmul import skinny_matmul
+
+            return skinny_matmul(x, weight, bias, cfg)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def _triton_apply(

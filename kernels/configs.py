@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 
 __all__ = [
     "FusedConfig",
     "SgmvConfig",
+    "SkinnyConfig",
     "block_t_for",
     "fused_config",
     "fused_group_width",
@@ -17,6 +19,7 @@ __all__ = [
     "prefers_fused",
     "sgmv_config",
     "shrink_stages",
+    "skinny_config",
 ]
 
 
@@ -260,3 +263,38 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# skinny_matmul's launches measured faster than cuBLAS on Hopper (benchmarks/kernels/sweep_skinny.py), per
+# weight shape (N, K) and row bucket (rows <= bucket); shapes and buckets not listed take F.linear.
+_HOPPER_SKINNY: dict[tuple[int, int], dict[int, tuple[int, int, int, int]]] = {}  # (block_n, block_k, split_k, stages)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkinnyConfig:
+    """Launch parameters of kernels/skinny_matmul.py: y = x @ W.T + b for few rows, split-K."""
+
+    block_n: int  # output columns per program
+    block_k: int  # K step of the pipelined loop
+    split_k: int  # programs per column tile, each over about K / split_k (a multiple of block_k)
+    stages: int  # software pipeline depth of the K loop (capped to fit shared memory)
+    warps: int = 4
+
+
+def skinny_config(rows: int, n: int, k: int, device: torch.device) -> SkinnyConfig | None:
+    """The skinny_matmul config for rows x K @ K x N on device, or None (cuBLAS is as fast or faster, or
+    LORALEDGER_SKINNY_MATMUL=0, read once, keeps cuBLAS for side-by-side timings)."""
+    for bucket, launch in _skinny_table(device).get((n, k), ()):
+        if rows <= bucket:
+            return SkinnyConfig(*launch)
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _skinny_table(device: torch.device) -> dict[tuple[int, int], tuple]:
+    """(N, K) -> ((rows bucket, launch), ...) in ascending buckets, for this device."""
+    if device.type != "cuda" or os.environ.get("LORALEDGER_SKINNY_MATMUL", "1") == "0":
+        return {}
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return {}
+    return {shape: tuple(sorted(buckets.items())) for shape, buckets in _HOPPER_SKINNY.items()}

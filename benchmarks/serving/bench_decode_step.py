@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import statistics
 import time
@@ -246,6 +247,7 @@ def main() -> None:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "copy_bandwidth_GBps": copy_bps / 1e9,
         "matmul_TFLOPs": flops_per_s / 1e12,
+        "env": {k: v for k, v in os.environ.items() if k.startswith("LORALEDGER_")},  # kernel switches (A/B runs)
         "rows": [],
     }
     if args.device == "cuda":

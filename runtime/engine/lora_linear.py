@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
+from loraledger.kernels import LoraMeta, linear, lora_apply, lora_apply_fused
 
 __all__ = ["LoRABatch", "LoRALinear", "SliceBuffers"]
 
@@ -52,7 +51,7 @@ class LoRALinear(nn.Module):
         self.buffers_ = buffers
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)  # [T, sum N_i]
+        y = linear(x, self.weight, self.bias)  # [T, sum N_i]: F.linear, or split-K for few rows (kernels)
         buf = self.buffers_
         if lora is None or buf is None:
             return y
