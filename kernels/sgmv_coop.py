@@ -8,7 +8,7 @@ import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
-from .sgmv_expand import _sum_splits, split_group
+from .sgmv_expand import _sum_splits, b_vector, split_group
 from .sgmv_shrink import _shrink_item, split_plan
 
 __all__ = ["BARRIER_SPAN", "sgmv_coop"]
@@ -84,7 +84,8 @@ def _expand_load(
     r_load = (offs_r // R_VEC) < tl.cdiv(rank, R_VEC)
     n0 = g * BLOCK_N
     n_mask = (n0 + offs_n) < n_size
-    b_ptrs = b_ptr + slot.to(tl.int64) * stride_bs + (n0 + offs_n)[:, None] * stride_bn + offs_r[None, :] * stride_br
+    b_rows = tl.multiple_of((n0 + offs_n)[:, None] * stride_bn, [R_VEC, R_VEC])  # R_VEC-aligned rows (b_vector)
+    b_ptrs = b_ptr + slot.to(tl.int64) * stride_bs + b_rows + offs_r[None, :] * stride_br
     y_ptrs = y_ptr + tok[:, None] * stride_yt + (n_off + n0 + offs_n)[None, :] * stride_yn
     y_mask = rows[:, None] & n_mask[None, :]
     bv = tl.load(b_ptrs, mask=n_mask[:, None] & r_load[None, :], other=0.0)
@@ -334,7 +335,7 @@ def sgmv_coop(
         BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
-        R_VEC=16 // b0.element_size(),
+        R_VEC=b_vector(b0),
         BLOCK_N=block_n,
         STAGES=shrink_stages(cfg, meta.block_t, block_r, block_k, x.element_size()),
         IEEE_DOT=x.dtype == torch.float32,

@@ -9,7 +9,15 @@ import triton.language as tl
 from .configs import SgmvConfig, num_sms
 from .meta import LoraMeta
 
-__all__ = ["sgmv_expand", "split_group"]
+__all__ = ["b_vector", "sgmv_expand", "split_group"]
+
+
+def b_vector(b: torch.Tensor) -> int:
+    """Elements of B [S, N, R] the kernels load at once along R: 16 bytes' worth where every row starts at a
+    multiple of that (stride(1), the pool's padded rank, a multiple of it; R contiguous), else 1. A pool
+    padded to rank 8 in bf16 has 16-byte rows: without the hint the compiler loads them 2 bytes at a time."""
+    vec = 16 // b.element_size()
+    return vec if b.stride(1) % vec == 0 and b.stride(2) == 1 else 1
 
 
 def split_group(split_k: int) -> int:
@@ -77,7 +85,7 @@ def _sgmv_expand_kernel(
     SPLIT_GROUP: tl.constexpr,  # splits summed per unrolled group: min(SPLIT_K, 16)
     BLOCK_T: tl.constexpr,
     BLOCK_R: tl.constexpr,
-    R_VEC: tl.constexpr,  # elements of B in 16 bytes
+    R_VEC: tl.constexpr,  # B's elements per load: 16 bytes where each row starts aligned to them (b_vector)
     BLOCK_N: tl.constexpr,
     N_BLOCKS: tl.constexpr,
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dot, not tf32
@@ -123,7 +131,9 @@ def _sgmv_expand_kernel(
             # columns past the rank: the pool's padding is never trusted to be finite.
             r_load = (offs_r // R_VEC) < tl.cdiv(rank, R_VEC)
             n0 = g * (N_BLOCKS * BLOCK_N)
-            b_ptrs = b_ptr + slot.to(tl.int64) * stride_bs + (n0 + offs_n)[:, None] * stride_bn + offs_r[None, :] * stride_br
+            # B's rows start R_VEC-aligned (the host checked stride_bn): lets the loads go 16 bytes at a time.
+            b_rows = tl.multiple_of((n0 + offs_n)[:, None] * stride_bn, [R_VEC, R_VEC])
+            b_ptrs = b_ptr + slot.to(tl.int64) * stride_bs + b_rows + offs_r[None, :] * stride_br
             y_ptrs = y_ptr + tok[:, None] * stride_yt + (n_off + n0 + offs_n)[None, :] * stride_yn
             if EVEN_N:
                 b_mask = r_load[None, :]
@@ -222,7 +232,7 @@ def sgmv_expand(
         SPLIT_GROUP=split_group(ws.shape[0]),
         BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
-        R_VEC=16 // b0.element_size(),
+        R_VEC=b_vector(b0),
         BLOCK_N=block_n,
         N_BLOCKS=cfg.n_blocks,
         IEEE_DOT=b0.dtype == torch.float32,

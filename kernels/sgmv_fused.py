@@ -8,6 +8,7 @@ import triton.language as tl
 
 from .configs import FusedConfig, fused_group_width
 from .meta import LoraMeta
+from .sgmv_expand import b_vector
 
 __all__ = ["sgmv_fused"]
 
@@ -54,7 +55,7 @@ def _sgmv_fused_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    R_VEC: tl.constexpr,  # elements of B in 16 bytes
+    R_VEC: tl.constexpr,  # B's elements per load (sgmv_expand.b_vector)
     BLOCK_N: tl.constexpr,
     N_BLOCKS: tl.constexpr,
     STAGES: tl.constexpr,
@@ -107,7 +108,7 @@ def _sgmv_fused_kernel(
             b_ptrs = (
                 b_ptr
                 + slot.to(tl.int64) * stride_bs
-                + (n0 + offs_n)[:, None] * stride_bn
+                + tl.multiple_of((n0 + offs_n)[:, None] * stride_bn, [R_VEC, R_VEC])  # aligned rows (b_vector)
                 + offs_r[None, :] * stride_br
             )
             y_ptrs = y_ptr + tok[:, None] * stride_yt + (n_off + n0 + offs_n)[None, :] * stride_yn
@@ -235,7 +236,7 @@ def sgmv_fused(
         BLOCK_T=meta.block_t,
         BLOCK_R=block_r,
         BLOCK_K=block_k,
-        R_VEC=16 // b0.element_size(),
+        R_VEC=b_vector(b0),
         BLOCK_N=block_n,
         N_BLOCKS=cfg.n_blocks,
         STAGES=cfg.stages,
