@@ -270,6 +270,25 @@ elif [[ "${PART}" == 30 ]]; then  # next: the decode step with kernels.linear's 
             --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
     done
     unset LORALEDGER_SKINNY_MATMUL
+elif [[ "${PART}" == 31 ]]; then  # next: rank-8 B loads 16 bytes wide (8d1c3b2), side by side with the kernels before
+    # (carry .prev = `git archive 19831a5 __init__.py kernels runtime sdk agents` under .prev/loraledger): the GPU
+    # tests, the rank-8 grid cases (bench_sgmv --ranks 8 --compare), the S-LoRA decode step at 8B with both packages
+    timeout 280 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_skinny_matmul_gpu.py \
+        >"$OUT/tests_kernels.log" 2>&1 &
+    run tests_engine 280 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_kernels.log" "$OUT/tests_engine.log"
+    (cd benchmarks/kernels && run sgmv_rank8_ab 200 $PY bench_sgmv.py --ranks 8 --shapes qo,kv,up,down --budget-s 150 \
+        --compare prev="$PWD/../../.prev/loraledger/kernels" --out "$OUT/sgmv_rank8_ab")
+    grep -E "^\[" "$OUT/sgmv_rank8_ab.log" | tail -n 12
+    PYTHONPATH=$PWD/.prev run decode_step_8b_slora_prev 150 $PY $B/bench_decode_step.py --preset llama-3-8b \
+        --settings nolora slora --batches 64 128 --context 512 --steps 10 --replays 20 \
+        --json "$OUT/decode_step_8b_slora_prev.json"
+    run decode_step_8b_slora 150 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora \
+        --batches 64 128 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_slora.json"
+elif [[ "${PART}" == 32 ]]; then  # next: the S-LoRA window at 8B (30 s, with its no-LoRA side) on this tree
+    run serving_slora_8b_30s 400 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 30 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_30s.json"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -552,6 +552,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated projections to run (grid cases)")
     parser.add_argument("--compare", nargs="*", default=[], metavar="NAME=DIR",
                         help="other kernels/ packages to time side by side (their two launches)")
+    parser.add_argument("--ranks", help="comma-separated ranks to keep (every case list; default all)")
     parser.add_argument("--anchors-too", action="store_true", help="with --small-floor: the anchor cases first")
     args = parser.parse_args()
     shard = tuple(int(v) for v in args.shard.split("/"))
@@ -569,6 +570,10 @@ def main() -> None:
             cases = anchors + [c for c in cases if c not in anchors]
         else:
             anchors = []
+    if args.ranks:
+        keep = {int(r) for r in args.ranks.split(",")}
+        cases = [c for c in cases if c.rank in keep and (c.shape in shapes or c in anchors)]
+        anchors = [c for c in anchors if c.rank in keep]
     if args.compile_only:
         compile_only(cases, shard, one_launch=not args.small_floor)
         return
