@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._options import RequestOptions, Timeout
+from .receipts import verify_record
 from .types import (
     ChainInfo,
     ChannelInfo,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ._client import AsyncClient, Client
     from ._streaming import AsyncStream, Stream
     from .chain.contracts import Deployments
+    from .wallet import Wallet
 
 
 def _body(extra_body: Mapping[str, Any] | None, **params: Any) -> dict[str, Any]:
@@ -121,6 +123,21 @@ def _completion_options(
 
 def _get(path: str, cast_to: type, timeout: Timeout = None) -> RequestOptions:
     return RequestOptions(method="GET", path=path, cast_to=cast_to, timeout=timeout)
+
+
+def _checked(wallet: Wallet | None, call_id: str, record: ReceiptRecord) -> ReceiptRecord:
+    """record, verified against the wallet's lane of its channel when the wallet has one (else as it came)."""
+    if wallet is None:
+        return record
+    try:
+        channel = bytes.fromhex(record.receipt.channel_id.removeprefix("0x"))
+    except ValueError:
+        channel = b""
+    lane = next((lane for lane in wallet.lanes() if lane.channel_id == channel), None)
+    if lane is not None:
+        verify_record(record, wallet.domain(lane.contract), lane.payee, call_id)
+        record._verified = True
+    return record
 
 
 def _hex_id(value: str | bytes) -> str:
@@ -257,7 +274,10 @@ class Receipts:
         self._client = client
 
     def get(self, call_id: str | bytes, *, timeout: Timeout = None) -> ReceiptRecord:
-        return self._client._request(_get(f"/v1/receipts/{_hex_id(call_id)}", ReceiptRecord, timeout))
+        """The stored receipt of a call; checked (`record.verified`) when it is on one of the wallet's channels,
+        raising InvalidReceipt if the check fails (see receipts.verify_record)."""
+        call = _hex_id(call_id)
+        return _checked(self._client.wallet, call, self._client._request(_get(f"/v1/receipts/{call}", ReceiptRecord, timeout)))
 
 
 class Channels:
@@ -404,7 +424,9 @@ class AsyncReceipts:
         self._client = client
 
     async def get(self, call_id: str | bytes, *, timeout: Timeout = None) -> ReceiptRecord:
-        return await self._client._request(_get(f"/v1/receipts/{_hex_id(call_id)}", ReceiptRecord, timeout))
+        call = _hex_id(call_id)
+        record = await self._client._request(_get(f"/v1/receipts/{call}", ReceiptRecord, timeout))
+        return _checked(self._client.wallet, call, record)
 
 
 class AsyncChannels:

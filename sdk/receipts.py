@@ -9,10 +9,12 @@ from pydantic import ValidationError
 
 from ._exceptions import InvalidReceipt
 from ._x402 import PaymentRequirements, SettleResponse
-from .types import Receipt
-from .vouchers import Domain, adapter_id
+from .merkle import leaf_hash
+from .merkle import verify as verify_proof
+from .types import Receipt, ReceiptRecord
+from .vouchers import Domain, adapter_id, receipt_digest
 
-__all__ = ["Expected", "verify_settlement"]
+__all__ = ["Expected", "receipt_leaf", "verify_record", "verify_settlement"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,53 @@ def verify_settlement(settle: SettleResponse, expected: Expected) -> Receipt:
             f"PAYMENT-RESPONSE says {charged_cumulative} is charged in total, the receipt {receipt.cumulative_amount_wei}"
         )
     return receipt
+
+
+def receipt_leaf(domain: Domain, receipt: Receipt) -> bytes:
+    """A receipt's leaf in its settled batch's receipts root: the StandardMerkleTree leaf of its EIP-712 digest
+    (the digest the operator signed), as the runtime builds the tree and PaymentChannels records the root."""
+    return leaf_hash(("bytes32",), (receipt_digest(domain, receipt.to_eip712()),))
+
+
+def verify_record(record: ReceiptRecord, domain: Domain, payee: str, call_id: str | None = None) -> Receipt:
+    """Checks a stored receipt (`GET /v1/receipts/{id}`) and returns it; raises InvalidReceipt on any mismatch.
+
+    Checked: the payee signed it under `domain` (the PaymentChannels contract the SDK paid, not the one the
+    record names); it is the receipt of the call asked for (`call_id`, and the record's own id); and, once its
+    batch is settled and the record carries a root, that the proof puts the receipt's leaf under that root
+    (a root without a proof, or a proof without a root, fails). Whether the root itself was posted on chain is
+    a separate question (it is recorded with the epoch roots of datanets that earned from the batch)."""
+    payee = to_checksum_address(payee)
+
+    def fail(reason: str) -> InvalidReceipt:
+        return InvalidReceipt(f"stored receipt {record.id} from {payee} rejected: {reason}", payee=payee)
+
+    receipt = record.receipt
+    try:
+        signer = receipt.recover_signer(domain)
+        leaf = receipt_leaf(domain, receipt)
+        ids = {_hex32(record.id), _hex32(receipt.call_id)} | ({_hex32(call_id)} if call_id is not None else set())
+    except (ValueError, TypeError) as exc:
+        raise fail(f"malformed receipt: {exc}") from exc
+    if to_checksum_address(signer) != payee:
+        raise fail(f"signed by {signer}, not by the payee")
+    if len(ids) != 1:
+        raise fail(f"the record is for call {receipt.call_id}, asked for {call_id or record.id}")
+    if (record.root is None) != (record.proof is None):
+        raise fail("a Merkle root without a proof, or a proof without a root")
+    if record.root is not None:
+        try:
+            root = _hex32(record.root)
+            proof = [_hex32(p) for p in record.proof or ()]
+        except ValueError as exc:
+            raise fail(f"malformed Merkle proof: {exc}") from exc
+        if not verify_proof(root, leaf, proof):
+            raise fail(f"its Merkle proof does not lead to root {record.root}")
+    return receipt
+
+
+def _hex32(value: str) -> bytes:
+    raw = bytes.fromhex(value.removeprefix("0x"))
+    if len(raw) != 32:
+        raise ValueError(f"{value!r} is not 32 bytes of hex")
+    return raw

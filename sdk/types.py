@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 from . import vouchers
@@ -246,6 +246,13 @@ class ReceiptRecord(_Model):
     contract: str | None = None
     proof: list[str] | None = None
     root: str | None = None
+    _verified: bool = PrivateAttr(default=False)  # set by the client, never read from the wire
+
+    @property
+    def verified(self) -> bool:
+        """Whether the client checked it (receipts.verify_record: the payee's signature under the contract the
+        client paid, the call, and the Merkle proof when rooted): True for receipts of the client's own channels."""
+        return self._verified
 
 
 class ChannelInfo(_WireModel):

@@ -99,7 +99,8 @@ def test_paid_calls_streams_and_the_trace(runtime_url, contracts, tmp_path):
         reply = client.chat.completions.create(model="legal", messages=MESSAGES, max_tokens=6)
         assert 0 < reply.payment.amount_wei <= quote.max_amount_wei
         assert reply.receipt.input_tokens == reply.usage.prompt_tokens
-        assert client.receipts.get(reply.receipt.call_id).receipt.cumulative_amount_wei == reply.payment.cumulative_amount_wei
+        record = client.receipts.get(reply.receipt.call_id)  # checked against the wallet's lane (and proof, if rooted)
+        assert record.verified and record.receipt.cumulative_amount_wei == reply.payment.cumulative_amount_wei
 
         stream = client.chat.completions.create(model="legal", messages=MESSAGES, max_tokens=6, stream=True)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
