@@ -52,7 +52,7 @@ def sample(
     params: list[SamplingParams],  # [B]
     generators: list[torch.Generator | None],  # [B] a request's own generator when seeded
     default_generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:  # tokens [B] int64, logprobs [B] float32 of those tokens
+) -> tuple[torch.Tensor, torch.Tensor]:  # tokens [B] int64, logprobs [B] float32 (NaN unless a row asked)
     """Greedy rows take the argmax; the others sample from softmax(logits / T) restricted to top-k and top-p.
 
     Sampling is argmax(probs / E) with E ~ Exp(1) (the Gumbel-max trick in exponential form), so a seeded
@@ -63,6 +63,8 @@ def sample(
     tokens = logits.argmax(dim=-1)
     if any(p.temperature != 0 for p in params):
         tokens = _sample_rows(logits, tokens, params, generators, default_generator)
+    if not any(p.logprobs for p in params):  # a pass over [B, V] saved: nobody reads them
+        return tokens, torch.full(tokens.shape, math.nan, dtype=torch.float32, device=tokens.device)
     logprobs = logits.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     return tokens, logprobs
 

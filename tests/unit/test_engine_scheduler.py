@@ -136,7 +136,7 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(base, adapter):
 def test_sampler_filters():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 50, generator=g)
-    top1 = [SamplingParams(temperature=1.0, top_k=1)] * 2 + [SamplingParams(temperature=1.0, top_p=1e-6)] * 2
+    top1 = [SamplingParams(temperature=1.0, top_k=1, logprobs=True)] * 2 + [SamplingParams(temperature=1.0, top_p=1e-6)] * 2
     tokens, logprobs = sample(logits, top1, [None] * 4, g)
     assert tokens.tolist() == logits.argmax(-1).tolist()
     torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).max(-1).values)
@@ -149,6 +149,19 @@ def test_sampler_filters():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=0)
+
+
+def test_sampler_skips_logprobs_nobody_asked_for():
+    """Without a row asking, no log-softmax pass over the logits: NaN logprobs, the same tokens."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 30, generator=g)
+    plain = [SamplingParams(temperature=0)] * 3
+    tokens, logprobs = sample(logits, plain, [None] * 3, g)
+    assert tokens.tolist() == logits.argmax(-1).tolist() and bool(logprobs.isnan().all())
+    asked = plain[:2] + [SamplingParams(temperature=0, logprobs=True)]
+    tokens2, logprobs2 = sample(logits, asked, [None] * 3, g)
+    assert tokens2.tolist() == tokens.tolist()
+    torch.testing.assert_close(logprobs2, torch.log_softmax(logits, -1).max(-1).values)
 
 
 def _allowed(row: torch.Tensor, p: SamplingParams) -> set[int]:
@@ -171,7 +184,7 @@ def test_sampler_filters_compose_per_row_and_greedy_rows_keep_their_argmax():
     logits = torch.randn(6, 40, generator=g)
     params = [
         SamplingParams(temperature=0),
-        SamplingParams(temperature=0.7, top_k=8, top_p=0.6),
+        SamplingParams(temperature=0.7, top_k=8, top_p=0.6, logprobs=True),  # one row asks: every row gets them
         SamplingParams(temperature=1.3, top_p=0.3),
         SamplingParams(temperature=0, top_k=2),
         SamplingParams(temperature=1.0, top_k=3),
