@@ -84,6 +84,12 @@ CREATE TABLE IF NOT EXISTS datanet_roots (
     root              TEXT NOT NULL,
     tx_hash           TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forfeits (
+    call_id           TEXT PRIMARY KEY REFERENCES calls(call_id),
+    channel_id        TEXT NOT NULL,
+    reason            TEXT NOT NULL,
+    at                REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS settlements (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at        REAL NOT NULL,
@@ -411,7 +417,7 @@ class Ledger:
                 return self._batch(db, pending["id"])
             rows = db.execute(
                 "SELECT call_id, channel_id FROM calls WHERE state = 'charged' AND settlement_id IS NULL"
-                " ORDER BY finished_at, call_id"
+                " AND call_id NOT IN (SELECT call_id FROM forfeits) ORDER BY finished_at, call_id"
             ).fetchall()
             if not rows:
                 return None
@@ -466,6 +472,30 @@ class Ledger:
         """Remembers the claim transaction of a pending batch before it is mined (None: forget a failed one)."""
         with self._tx() as db:
             db.execute("UPDATE settlements SET tx_hash = ? WHERE id = ? AND state = 'pending'", (tx_hash, batch_id))
+
+    def forfeit_channel(self, batch_id: int, channel_id: str, reason: str) -> int:
+        """Takes one channel's calls out of a pending batch for good, because the chain will not pay them (the
+        channel closed before they were claimed), so that the rest of the batch can settle; returns their amount.
+        Their receipts stay; they are never batched again and count as forfeited, not unsettled."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT c.call_id, c.amount FROM calls c JOIN settlements s ON s.id = c.settlement_id"
+                " WHERE c.settlement_id = ? AND c.channel_id = ? AND s.state = 'pending'",
+                (batch_id, channel_id),
+            ).fetchall()
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO forfeits(call_id, channel_id, reason, at) VALUES (?, ?, ?, ?)",
+                [(r["call_id"], channel_id, reason, now) for r in rows],
+            )
+            db.executemany("UPDATE calls SET settlement_id = NULL WHERE call_id = ?", [(r["call_id"],) for r in rows])
+            return sum(int(r["amount"] or 0) for r in rows)
+
+    def forfeit_of(self, call_id: str) -> str | None:
+        """Why a call's charge was forfeited (see forfeit_channel), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT reason FROM forfeits WHERE call_id = ?", (call_id,)).fetchone()
+        return None if row is None else row[0]
 
     def settlement_failed(self, batch_id: int, error: str) -> None:
         with self._tx() as db:
@@ -541,7 +571,7 @@ class Ledger:
     # ------------------------------------------------------------------------------------------- reports
 
     def unsettled_amount(self, channel_id: str | None = None) -> int:
-        """Charged but not yet settled on chain, over all channels or one."""
+        """Charged but not yet settled on chain (nor forfeited), over all channels or one."""
         with self._lock:
             if channel_id is None:
                 rows = self._db.execute("SELECT charged, settled FROM channels").fetchall()
@@ -549,7 +579,16 @@ class Ledger:
                 rows = self._db.execute(
                     "SELECT charged, settled FROM channels WHERE channel_id = ?", (channel_id,)
                 ).fetchall()
-        return sum(int(r["charged"]) - int(r["settled"]) for r in rows)
+        return sum(int(r["charged"]) - int(r["settled"]) for r in rows) - self.forfeited_amount(channel_id)
+
+    def forfeited_amount(self, channel_id: str | None = None) -> int:
+        """Charged, receipted, and never to be paid: calls of channels that closed before they were claimed."""
+        with self._lock:
+            query = "SELECT c.amount FROM forfeits f JOIN calls c ON c.call_id = f.call_id"
+            args: tuple = ()
+            if channel_id is not None:
+                query, args = query + " WHERE f.channel_id = ?", (channel_id,)
+            return sum(int(r[0] or 0) for r in self._db.execute(query, args).fetchall())
 
     def totals(self) -> Totals:
         with self._lock:

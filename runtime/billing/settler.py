@@ -87,6 +87,7 @@ class Settler:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.last_settled_at: float | None = None
+        self.forfeited_wei = 0  # by this settler: calls of channels that closed before they were claimed
         self._adapters: dict[bytes, Adapter] = {}
 
     # ------------------------------------------------------------------------------------------- one batch
@@ -101,6 +102,7 @@ class Settler:
             try:
                 self.post_roots()  # a root left unposted by a crash or an outage goes first
                 tx_hash = self._settle(batch)
+                batch = self._ledger.open_settlement() or batch  # the same batch, less any forfeited channel
                 calls = self._ledger.batch_calls(batch.id)
                 self._ledger.settle(batch.id, tx_hash or "", self._contributor_deltas(calls))
                 self.post_roots(calls)
@@ -131,9 +133,20 @@ class Settler:
             for cid, (amount, voucher_amount, call_hash, sig) in sorted(batch.claims.items())
         ]
         revenues = [Revenue(_b32(aid), amount) for aid, amount in sorted(batch.revenue.items()) if amount]
-        receipt = channels.claim(
-            self._operator, claims, revenues, on_sent=lambda h: self._ledger.record_claim_tx(batch.id, h)
-        )
+        try:
+            receipt = channels.claim(
+                self._operator, claims, revenues, on_sent=lambda h: self._ledger.record_claim_tx(batch.id, h)
+            )
+        except Exception:
+            # One closed channel reverts the whole claim: without this, every later batch would wait behind it.
+            closed = [cid for cid in sorted(batch.claims) if channels.get_channel(_b32(cid)).closed]
+            if not closed:
+                raise
+            for cid in closed:
+                amount = self._ledger.forfeit_channel(batch.id, cid, "the channel closed before its calls were claimed")
+                self.forfeited_wei += amount
+                logger.warning("channel %s closed before settlement: %d wei of its calls forfeited", cid, amount)
+            return self._settle(self._ledger.open_settlement() or batch)
         return receipt["transactionHash"].to_0x_hex()
 
     def _lookup(self, tx_hash: str) -> bool | None:

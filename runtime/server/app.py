@@ -89,7 +89,7 @@ class Runtime:
         # would rewrite the history the ledger was settled against.
         self.rpc = JsonRpcHandler(chain.chain, methods=("eth_", "net_", "web3_")) if chain.embedded else None
         self.metrics.bind(
-            engine_stats=engine.stats, unsettled=self.ledger.unsettled_amount,
+            engine_stats=engine.stats, unsettled=self.ledger.unsettled_amount, forfeited=self.ledger.forfeited_amount,
             last_settled_at=lambda: self.settler.last_settled_at, settlement_error=lambda: self.settler.last_error,
         )  # fmt: skip
         self._started = False
@@ -256,7 +256,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             "settlement": None, "root": None, "proof": None,
         }  # fmt: skip
         settled = runtime.ledger.settlement_of(call_id)
-        if settled is not None:
+        forfeit = runtime.ledger.forfeit_of(call_id)
+        if forfeit is not None:
+            body["settlement"] = {"batch": None, "transaction": None, "state": "forfeited", "reason": forfeit}
+        elif settled is not None:
             batch_id, tx, state = settled
             body["settlement"] = {"batch": batch_id, "transaction": tx or None, "state": state}
             if state == "settled":

@@ -28,10 +28,12 @@ class Metrics:
         self.kv_free = Gauge("loraledger_kv_blocks_free", "Free KV-cache blocks", registry=r)
         self.adapter_cache = Gauge("loraledger_adapter_cache", "Adapter cache counters", ["counter"], registry=r)
         self.unsettled_wei = Gauge("loraledger_unsettled_wei", "Charged but not yet claimed on chain", registry=r)
+        self.forfeited_wei = Gauge("loraledger_forfeited_wei", "Charged on channels that closed before the claim",
+                                   registry=r)  # fmt: skip
         self.settlement_lag = Gauge("loraledger_settlement_lag_seconds", "Seconds since the last settlement", registry=r)
         self.settlement_errors = Gauge("loraledger_settlement_failing", "1 while settlement is failing", registry=r)
 
-    def bind(self, *, engine_stats: Callable[[], dict], unsettled: Callable[[], int],
+    def bind(self, *, engine_stats: Callable[[], dict], unsettled: Callable[[], int], forfeited: Callable[[], int],
              last_settled_at: Callable[[], float | None], settlement_error: Callable[[], str | None]) -> None:  # fmt: skip
         """Gauges read at scrape time."""
         self.queue.labels(state="waiting").set_function(lambda: engine_stats()["waiting"])
@@ -46,6 +48,7 @@ class Metrics:
                 lambda c=counter: float(engine_stats()["adapters"].get(c) or 0)
             )
         self.unsettled_wei.set_function(lambda: float(unsettled()))
+        self.forfeited_wei.set_function(lambda: float(forfeited()))
         started = time.time()
         self.settlement_lag.set_function(lambda: time.time() - (last_settled_at() or started))
         self.settlement_errors.set_function(lambda: 1.0 if settlement_error() else 0.0)

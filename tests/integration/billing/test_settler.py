@@ -129,6 +129,46 @@ def test_an_rpc_outage_keeps_the_batch_pending_and_a_later_attempt_settles_it(se
     assert contracts.channels.get_channel(ch).claimed == 322
 
 
+def test_a_channel_closed_before_its_claim_is_forfeited_and_the_rest_of_the_batch_settles(setup):
+    """The payer waits out the withdraw delay before the operator claims (an outage longer than the delay) and
+    closes the channel: its calls are forfeited, the batch's other channels are paid, and later batches settle."""
+    contracts, ledger, operator, owner, acc = setup
+    channels = contracts.channels
+    ch1 = open_channel(contracts, acc[1], acc[2], operator)
+    ch2 = open_channel(contracts, acc[3], acc[4], operator)
+    charge_call(ledger, contracts, acc[2], ch1, "a", 500)
+    charge_call(ledger, contracts, acc[4], ch2, "b", 700)
+    charge_call(ledger, contracts, acc[4], ch2, "c", 11)
+    channels.initiate_withdraw(acc[3], ch2)
+    contracts.chain.dev.increase_time(601)
+    channels.finalize_withdraw(acc[3], ch2)
+    assert channels.get_channel(ch2).closed
+    settler = Settler(ledger, contracts, operator, batch_calls=10)
+    result = settler.settle_once()
+    assert (result.channels, result.calls, result.total_wei) == (1, 1, 500)
+    assert channels.get_channel(ch1).claimed == 500 and channels.get_channel(ch2).claimed == 0
+    assert settler.forfeited_wei == ledger.forfeited_amount() == ledger.forfeited_amount("0x" + ch2.hex()) == 711
+    assert ledger.forfeit_of("b") == ledger.forfeit_of("c") == "the channel closed before its calls were claimed"
+    assert ledger.forfeit_of("a") is None and ledger.settlement_of("a")[2] == "settled"
+    assert ledger.settlement_of("b") is None and ledger.unsettled_amount() == 0
+    charge_call(ledger, contracts, acc[2], ch1, "d", 9)  # nothing waits behind the closed channel
+    assert settler.settle_once().calls == 1 and channels.get_channel(ch1).claimed == 509
+    assert settler.settle_once() is None  # the forfeited calls are never batched again
+
+
+def test_a_claim_that_fails_for_another_reason_still_raises_and_stays_pending(setup):
+    contracts, ledger, operator, owner, acc = setup
+    ch = open_channel(contracts, acc[1], acc[2], operator)
+    charge_call(ledger, contracts, acc[2], ch, "a", 500)
+    batch = ledger.open_settlement()
+    with ledger._tx() as db:  # a voucher signature the contract refuses (not the channel's authorizer)
+        db.execute("UPDATE calls SET voucher_signature = ? WHERE call_id = 'a'",
+                   ("0x" + sign_voucher(acc[7], contracts.channels.domain, Voucher(ch, 505, b"\x01" * 32)).hex(),))
+    with pytest.raises(Exception, match="InvalidSignature|revert"):
+        Settler(ledger, contracts, operator).settle_once()
+    assert ledger.open_settlement().id == batch.id and ledger.forfeited_amount() == 0
+
+
 def test_attributed_calls_fund_contributors_who_claim_with_the_posted_root(contracts, accounts, tmp_path):
     from loraledger.runtime.attribution import AttributionRecord, ContributorWeight, DatanetWeight, epoch_roots
 
