@@ -281,6 +281,7 @@ elif [[ "${PART}" == 31 ]]; then  # next: rank-8 B loads 16 bytes wide (8d1c3b2)
     (cd benchmarks/kernels && run sgmv_rank8_ab 200 $PY bench_sgmv.py --ranks 8 --shapes qo,kv,up,down --budget-s 150 \
         --compare prev="$PWD/../../.prev/loraledger/kernels" --out "$OUT/sgmv_rank8_ab")
     grep -E "^\[" "$OUT/sgmv_rank8_ab.log" | tail -n 12
+    [[ -n "${TESTS_AND_KERNELS_ONLY:-}" ]] && exit 0
     PYTHONPATH=$PWD/.prev run decode_step_8b_slora_prev 150 $PY $B/bench_decode_step.py --preset llama-3-8b \
         --settings nolora slora --batches 64 128 --context 512 --steps 10 --replays 20 \
         --json "$OUT/decode_step_8b_slora_prev.json"
@@ -289,6 +290,21 @@ elif [[ "${PART}" == 31 ]]; then  # next: rank-8 B loads 16 bytes wide (8d1c3b2)
 elif [[ "${PART}" == 32 ]]; then  # next: the S-LoRA window at 8B (30 s, with its no-LoRA side) on this tree
     run serving_slora_8b_30s 400 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 30 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_30s.json"
+elif [[ "${PART}" == 33 ]]; then  # fifth session, call 4: the S-LoRA decode step at 8B with 19831a5's package
+    # (carried .prev) and this tree, while the split-K matmul's variants compile; then its sweep (PART=29's)
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_skinny.py --compile-only --shard $i/8 --rows 64,16 \
+            --shapes 1b_qkv,1b_o,1b_down,8b_qkv,8b_o,8b_down) >"/tmp/skinny_compile_$i.log" 2>&1 &
+    done
+    PYTHONPATH=$PWD/.prev run decode_step_8b_slora_prev 150 $PY $B/bench_decode_step.py --preset llama-3-8b \
+        --settings nolora slora --batches 64 --context 512 --steps 10 --replays 20 \
+        --json "$OUT/decode_step_8b_slora_prev.json"
+    run decode_step_8b_slora 150 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora \
+        --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_slora.json"
+    wait
+    (cd benchmarks/kernels && run sweep_skinny 260 $PY sweep_skinny.py --rows 64,16 --budget-s 200 \
+        --shapes 1b_qkv,1b_o,1b_down,8b_qkv,8b_o,8b_down --out "$OUT/sweep_skinny.json")
+    grep -v "^$" "$OUT/sweep_skinny.log" | tail -n 14
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
