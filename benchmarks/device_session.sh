@@ -264,7 +264,7 @@ elif [[ "${PART}" == 30 ]]; then  # next: the decode step with kernels.linear's 
     tail -n 3 "$OUT/tests_engine.log"
     for mode in skinny cublas; do
         [[ $mode == cublas ]] && export LORALEDGER_SKINNY_MATMUL=0
-        run decode_step_1b_$mode 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        [[ -z "${SKIP_1B:-}" ]] && run decode_step_1b_$mode 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
             --batches 16 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_$mode.json"
         run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora punica \
             --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"

@@ -267,7 +267,14 @@ def num_sms(device: torch.device) -> int:
 
 # skinny_matmul's launches measured faster than cuBLAS on Hopper (benchmarks/kernels/sweep_skinny.py), per
 # weight shape (N, K) and row bucket (rows <= bucket); shapes and buckets not listed take F.linear.
-_HOPPER_SKINNY: dict[tuple[int, int], dict[int, tuple[int, int, int, int]]] = {}  # (block_n, block_k, split_k, stages)
+# H100, sweep_skinny_h100_2026-11-23.json: the wins of 3% or more (Llama-3-8B's o and q/k/v at <= 16 rows, its
+# down projection at <= 64); the 1B projections and the larger ones stay with cuBLAS. (block_n, block_k, split_k,
+# stages, warps)
+_HOPPER_SKINNY: dict[tuple[int, int], dict[int, tuple[int, int, int, int, int]]] = {
+    (6144, 4096): {16: (32, 128, 1, 5, 4)},
+    (4096, 4096): {16: (32, 128, 1, 5, 4)},
+    (4096, 14336): {16: (32, 256, 1, 5, 4), 64: (32, 256, 1, 5, 4)},
+}
 
 
 @dataclasses.dataclass(frozen=True)
