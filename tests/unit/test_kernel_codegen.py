@@ -24,7 +24,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     if not PTXAS.exists():
         pytest.skip("Triton's ptxas is not installed")
     out = tmp_path_factory.mktemp("codegen") / "rows.json"
-    only = "expand 8B o T64 n8 r8,expand 8B qkv T64,skinny 1B qkv M64,skinny 1B o M16"
+    only = ",".join(("expand 8B o T64 n8 r8", "expand 8B qkv T64", "skinny 1B qkv M64", "skinny 1B o M16",
+                     "shrink 8B qkv T64", "whole-K one launch 8B o T64 n8 r8", "cooperative 8B o T64 n8 r8",
+                     "paged attention 8B", "rms_norm", "silu_and_mul"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernels" / "inspect_kernels.py"), "--only", only, "--json", str(out)],
@@ -53,3 +55,11 @@ def test_skinny_matmul_streams_with_async_copies(compiled: dict, launch: str) ->
     assert ptx.get("ld.global 2B", 0) == 0, row
     assert ptx.get("wgmma", 0) + ptx.get("mma.sync", 0) > 0, row  # tensor cores
     assert row.get("local", 0) == 0, row
+
+
+def test_no_kernel_spills_or_loads_bf16_one_element_at_a_time(compiled: dict) -> None:
+    """Every compiled launch of the list: no local memory (register spills), no 2-byte global loads."""
+    assert len(compiled) >= 10, sorted(compiled)
+    bad = {name: (row.get("local", 0), row["ptx"].get("ld.global 2B", 0)) for name, row in compiled.items()
+           if row.get("local", 0) or row["ptx"].get("ld.global 2B", 0)}  # fmt: skip
+    assert not bad, bad
