@@ -17,14 +17,16 @@ from typing import Any
 from eth_utils import to_checksum_address
 
 from loraledger.sdk import _x402 as x402
-from loraledger.sdk.chain.contracts import ChannelState, PaymentChannels
+from loraledger.sdk.chain.contracts import ChannelState, PaymentChannels, erc1271_accepts
 from loraledger.sdk.chain.errors import ContractRevert
-from loraledger.sdk.vouchers import ChannelConfig, Domain, Voucher, channel_id, recover_voucher_signer
+from loraledger.sdk.vouchers import ChannelConfig, Domain, Voucher, channel_id, recover_voucher_signer, voucher_digest
 
 from .ledger import Ledger
 from .pricing import Prices
 
-__all__ = ["ChannelReader", "PaymentGate", "PaymentRefused", "PaymentTerms", "VerifiedPayment"]
+__all__ = ["MAX_SIGNATURE_BYTES", "ChannelReader", "PaymentGate", "PaymentRefused", "PaymentTerms", "VerifiedPayment"]
+
+MAX_SIGNATURE_BYTES = 2048  # a voucher signature's size limit (ERC-1271 wallets may sign with more than 65 bytes)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class ChannelReader:
         self._channels = channels
         self._ttl_s = ttl_s
         self._cache: dict[bytes, tuple[float, ChannelState | None]] = {}
+        self._no_code: dict[str, float] = {}  # authorizers found without code (EOAs), and when
         self._lock = threading.Lock()
 
     def get(self, cid: bytes, *, fresh: bool = False) -> ChannelState | None:
@@ -98,6 +101,21 @@ class ChannelReader:
         with self._lock:
             self._cache[cid] = (now, state)
         return state
+
+    def contract_accepts(self, authorizer: str, digest: bytes, signature: bytes) -> bool:
+        """Whether `authorizer` is a contract that accepts `signature` over `digest` (ERC-1271), as the channel
+        contract's SignatureChecker will when it is claimed. An address found without code is remembered for
+        `ttl_s` (a flood of bad signatures for an EOA authorizer costs one code lookup per address, not one each)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._no_code.get(authorizer)
+        if seen is not None and now - seen < max(self._ttl_s, 60.0):
+            return False
+        accepted = erc1271_accepts(self._channels.chain, authorizer, digest, signature)
+        if accepted is None:
+            with self._lock:
+                self._no_code[authorizer] = now
+        return bool(accepted)
 
 
 class PaymentGate:
@@ -192,12 +210,7 @@ class PaymentGate:
             raise PaymentRefused(
                 "invalid_channel", "the voucher's channelId is not this channel config's id on this chain and contract"
             )
-        try:
-            signer = recover_voucher_signer(self.terms.domain, voucher, signature)
-        except Exception as exc:  # malformed, malleable (high-s) or wrong-length signatures
-            raise PaymentRefused("invalid_signature", f"the voucher signature does not verify: {exc}") from None
-        if not _same(signer, config.payer_authorizer):
-            raise PaymentRefused("invalid_signature", "the voucher is not signed by the channel's payerAuthorizer")
+        self._check_signature(config, voucher, signature)
         return VerifiedPayment(
             channel_id=cid_hex,
             config=config,
@@ -206,6 +219,23 @@ class PaymentGate:
             idempotency_key=x402.payment_identifier(payload.extensions),
             budget_wei=0,
         )
+
+    def _check_signature(self, config: ChannelConfig, voucher: Voucher, signature: bytes) -> None:
+        """The payer authorizer's ECDSA signature, or, for a contract authorizer (a smart-contract wallet), its
+        ERC-1271 approval: what PaymentChannels' SignatureChecker accepts at claim time. Raises PaymentRefused."""
+        problem = f"a voucher signature is 65 bytes, got {len(signature)}"
+        if len(signature) == 65:
+            try:
+                signer = recover_voucher_signer(self.terms.domain, voucher, signature)
+            except Exception as exc:  # malformed or malleable (high-s) signatures
+                problem = f"the voucher signature does not verify: {exc}"
+            else:
+                if _same(signer, config.payer_authorizer):
+                    return
+                problem = "the voucher is not signed by the channel's payerAuthorizer"
+        if self._reader.contract_accepts(config.payer_authorizer, voucher_digest(self.terms.domain, voucher), signature):
+            return
+        raise PaymentRefused("invalid_signature", problem)
 
     def fund(self, payment: VerifiedPayment, max_amount_wei: int) -> VerifiedPayment:
         """Checks that an authentic payment can pay now (against the ledger and the channel on chain) and returns
@@ -267,8 +297,8 @@ class PaymentGate:
             signature = bytes.fromhex(str(body["signature"]).removeprefix("0x"))
         except (KeyError, TypeError, ValueError) as exc:
             raise PaymentRefused("invalid_payment", f"malformed loraledger-channel payload: {exc!r}", status=400) from None
-        if len(signature) != 65:
-            raise PaymentRefused("invalid_signature", f"a voucher signature is 65 bytes, got {len(signature)}")
+        if not 1 <= len(signature) <= MAX_SIGNATURE_BYTES:  # 65 for an EOA; a contract wallet's may be longer
+            raise PaymentRefused("invalid_signature", f"a voucher signature is 1 to {MAX_SIGNATURE_BYTES} bytes, got {len(signature)}")
         return config, voucher, signature
 
     # ------------------------------------------------------------------------------------------- 200

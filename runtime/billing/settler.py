@@ -21,7 +21,8 @@ from web3.exceptions import TransactionNotFound
 import rfc8785
 from eth_utils import keccak
 
-from loraledger.sdk.chain.contracts import Adapter, Claim, Contracts, Revenue
+from loraledger.sdk.chain.contracts import Adapter, Claim, Contracts, Revenue, erc1271_accepts
+from loraledger.sdk.vouchers import Voucher, voucher_digest
 
 from ..attribution import AttributedCall, AttributionRecord, attribution_root, contributor_amounts, epoch_roots
 
@@ -138,16 +139,31 @@ class Settler:
                 self._operator, claims, revenues, on_sent=lambda h: self._ledger.record_claim_tx(batch.id, h)
             )
         except Exception:
-            # One closed channel reverts the whole claim: without this, every later batch would wait behind it.
-            closed = [cid for cid in sorted(batch.claims) if channels.get_channel(_b32(cid)).closed]
-            if not closed:
+            # One unpayable channel reverts the whole claim: without this, every later batch would wait behind it.
+            unpayable = {cid: why for cid in sorted(batch.claims) if (why := self._unpayable(cid, batch.claims[cid]))}
+            if not unpayable:
                 raise
-            for cid in closed:
-                amount = self._ledger.forfeit_channel(batch.id, cid, "the channel closed before its calls were claimed")
+            for cid, why in unpayable.items():
+                amount = self._ledger.forfeit_channel(batch.id, cid, why)
                 self.forfeited_wei += amount
-                logger.warning("channel %s closed before settlement: %d wei of its calls forfeited", cid, amount)
+                logger.warning("channel %s cannot be claimed (%s): %d wei of its calls forfeited", cid, why, amount)
             return self._settle(self._ledger.open_settlement() or batch)
         return receipt["transactionHash"].to_0x_hex()
+
+    def _unpayable(self, cid: str, claim: tuple[int, int, str, str]) -> str | None:
+        """Why the chain will never pay this channel's claim, or None: the channel closed, or its payer authorizer
+        is a contract wallet that no longer accepts the voucher's signature (ERC-1271; an EOA's cannot change)."""
+        channels = self._contracts.channels
+        state = channels.get_channel(_b32(cid))
+        if state.closed:
+            return "the channel closed before its calls were claimed"
+        _amount, voucher_amount, call_hash, sig = claim
+        digest = voucher_digest(channels.domain, Voucher(_b32(cid), voucher_amount, _b32(call_hash)))
+        accepted = erc1271_accepts(self._contracts.chain, state.config.payer_authorizer, digest,
+                                   bytes.fromhex(sig.removeprefix("0x")))  # fmt: skip
+        if accepted is False:
+            return "the payer's contract wallet no longer accepts the voucher's signature"
+        return None
 
     def _lookup(self, tx_hash: str) -> bool | None:
         """True if mined and successful, False if mined and failed, None if the node does not know it."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eth_abi import encode
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.types import TxReceipt
@@ -32,10 +33,29 @@ __all__ = [
     "RevenuePolicy",
     "TraceAnchor",
     "deploy_contracts",
+    "erc1271_accepts",
 ]
 
 OPEN = 10**18
 """One OPEN in its smallest unit (the token has 18 decimals)."""
+
+_ERC1271_SELECTOR = Web3.keccak(text="isValidSignature(bytes32,bytes)")[:4]
+_ERC1271_MAGIC = _ERC1271_SELECTOR + bytes(28)  # the selector, as a bytes32 return value
+
+
+def erc1271_accepts(chain: Chain, signer: str, digest: bytes, signature: bytes, *, gas: int = 200_000) -> bool | None:
+    """Whether the contract at `signer` accepts `signature` over `digest` through ERC-1271 `isValidSignature`, decided
+    as OpenZeppelin's SignatureChecker decides it (a 32-byte answer equal to the selector); None when `signer` has no
+    code (an EOA: only ECDSA recovery can authorize it). A revert, a short answer or running out of `gas` is False."""
+    w3 = chain.w3
+    if not w3.eth.get_code(Web3.to_checksum_address(signer)):
+        return None
+    data = _ERC1271_SELECTOR + encode(["bytes32", "bytes"], [digest, signature])
+    try:
+        out = w3.eth.call({"to": Web3.to_checksum_address(signer), "data": "0x" + data.hex(), "gas": gas})
+    except Exception:  # noqa: BLE001 - a reverting or misbehaving wallet answers "no", whatever it raises
+        return False
+    return bytes(out[:32]) == _ERC1271_MAGIC
 
 
 def _b32(value: bytes | str) -> bytes:

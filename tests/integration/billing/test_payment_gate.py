@@ -159,6 +159,37 @@ def test_forged_and_malleable_signatures_are_refused(world):
     refused(w, header(config, tampered, sig, terms=t), "invalid_signature")
 
 
+def test_a_contract_wallet_authorizer_is_accepted_through_erc1271_until_it_revokes(world, chain, accounts):
+    """A channel whose payerAuthorizer is a smart-contract wallet (contracts/test/ERC1271Wallet.sol, owned by the
+    session key): its vouchers pass through isValidSignature, as PaymentChannels will check them at claim time;
+    a stranger's signature, an empty or oversized one, and every voucher after the wallet revokes are refused."""
+    from tests.conftest import load_test_artifact
+
+    w = world
+    t, owner = w["terms"], w["session"]
+    artifact = load_test_artifact("ERC1271Wallet")
+    wallet_address, _ = chain.deploy(accounts[0], artifact.abi, artifact.bytecode, owner.address)
+    config = ChannelConfig(w["payer"].address, wallet_address, w["operator"].address, t.token, DELAY_S, os.urandom(32))
+    w["contracts"].token.approve(w["payer"], w["contracts"].channels.address, OPEN)
+    cid = w["contracts"].channels.open(w["payer"], config, OPEN)
+    voucher, sig = signed(w, config, cid, 10**15, signer=owner)
+    assert w["gate"].verify(header(config, voucher, sig, terms=t), MAX).budget_wei == MAX
+    voucher2, stranger = signed(w, config, cid, 10**15, signer=accounts[7])
+    refused(w, header(config, voucher2, stranger, terms=t), "invalid_signature")
+    refused(w, header(config, voucher, b"", terms=t), "invalid_signature")
+    refused(w, header(config, voucher, sig * 40, terms=t), "invalid_signature")  # 2,600 bytes
+    wallet = chain.w3.eth.contract(address=wallet_address, abi=artifact.abi)
+    chain.send(owner, wallet.functions.setRevoked(True))
+    refused(w, header(config, voucher, sig, terms=t), "invalid_signature")
+
+
+def test_a_long_signature_for_an_eoa_authorizer_is_refused(world):
+    w = world
+    config, cid = w["open"]()
+    voucher, sig = signed(w, config, cid, 10)
+    refused(w, header(config, voucher, sig + b"\x00", terms=w["terms"]), "invalid_signature")
+
+
 def test_channel_state_on_chain_is_checked(world):
     w = world
     t, c = w["terms"], w["contracts"]

@@ -156,6 +156,30 @@ def test_a_channel_closed_before_its_claim_is_forfeited_and_the_rest_of_the_batc
     assert settler.settle_once() is None  # the forfeited calls are never batched again
 
 
+def test_a_contract_wallet_that_revokes_before_the_claim_is_forfeited_and_the_rest_settles(setup, chain):
+    """A channel authorized by an ERC-1271 wallet (accepted by the runtime's gate) whose wallet stops accepting the
+    voucher's signature before the claim: its calls are forfeited, the EOA channel in the same batch is paid."""
+    from tests.conftest import load_test_artifact
+
+    contracts, ledger, operator, owner, acc = setup
+    artifact = load_test_artifact("ERC1271Wallet")
+    wallet_address, _ = chain.deploy(acc[0], artifact.abi, artifact.bytecode, acc[4].address)
+    config = ChannelConfig(acc[3].address, wallet_address, operator.address, contracts.token.address, 600, os.urandom(32))
+    contracts.token.approve(acc[3], contracts.channels.address, 10 * OPEN)
+    smart = contracts.channels.open(acc[3], config, 10 * OPEN)
+    eoa = open_channel(contracts, acc[1], acc[2], operator)
+    charge_call(ledger, contracts, acc[4], smart, "s", 400)  # signed by the wallet's owner
+    charge_call(ledger, contracts, acc[2], eoa, "e", 300)
+    wallet = chain.w3.eth.contract(address=wallet_address, abi=artifact.abi)
+    chain.send(acc[4], wallet.functions.setRevoked(True))
+    settler = Settler(ledger, contracts, operator, batch_calls=10)
+    result = settler.settle_once()
+    assert (result.channels, result.calls, result.total_wei) == (1, 1, 300)
+    assert contracts.channels.get_channel(eoa).claimed == 300 and contracts.channels.get_channel(smart).claimed == 0
+    assert ledger.forfeit_of("s") == "the payer's contract wallet no longer accepts the voucher's signature"
+    assert settler.forfeited_wei == 400 and ledger.unsettled_amount() == 0
+
+
 def test_a_claim_that_fails_for_another_reason_still_raises_and_stays_pending(setup):
     contracts, ledger, operator, owner, acc = setup
     ch = open_channel(contracts, acc[1], acc[2], operator)
