@@ -233,7 +233,14 @@ class PaymentGate:
                 if _same(signer, config.payer_authorizer):
                     return
                 problem = "the voucher is not signed by the channel's payerAuthorizer"
-        if self._reader.contract_accepts(config.payer_authorizer, voucher_digest(self.terms.domain, voucher), signature):
+        # The contract call costs the chain a run of the wallet's code: only for an open channel with the minimum
+        # deposit (its payer has locked funds), so signatures sent for nothing cost no more than a cached read.
+        state = self._reader.get(voucher.channel_id)
+        if (
+            state is not None
+            and state.deposited >= self.terms.min_deposit_wei
+            and self._reader.contract_accepts(config.payer_authorizer, voucher_digest(self.terms.domain, voucher), signature)
+        ):
             return
         raise PaymentRefused("invalid_signature", problem)
 

@@ -43,10 +43,11 @@ _ERC1271_SELECTOR = Web3.keccak(text="isValidSignature(bytes32,bytes)")[:4]
 _ERC1271_MAGIC = _ERC1271_SELECTOR + bytes(28)  # the selector, as a bytes32 return value
 
 
-def erc1271_accepts(chain: Chain, signer: str, digest: bytes, signature: bytes, *, gas: int = 200_000) -> bool | None:
+def erc1271_accepts(chain: Chain, signer: str, digest: bytes, signature: bytes, *, gas: int = 100_000) -> bool | None:
     """Whether the contract at `signer` accepts `signature` over `digest` through ERC-1271 `isValidSignature`, decided
     as OpenZeppelin's SignatureChecker decides it (a 32-byte answer equal to the selector); None when `signer` has no
-    code (an EOA: only ECDSA recovery can authorize it). A revert, a short answer or running out of `gas` is False."""
+    code (an EOA: only ECDSA recovery can authorize it). A revert, a short answer or running out of `gas` is False:
+    the cap bounds what a wallet's code can make the caller's node run (common wallets need well under 50,000)."""
     w3 = chain.w3
     if not w3.eth.get_code(Web3.to_checksum_address(signer)):
         return None

@@ -178,6 +178,12 @@ def test_a_contract_wallet_authorizer_is_accepted_through_erc1271_until_it_revok
     refused(w, header(config, voucher2, stranger, terms=t), "invalid_signature")
     refused(w, header(config, voucher, b"", terms=t), "invalid_signature")
     refused(w, header(config, voucher, sig * 40, terms=t), "invalid_signature")  # 2,600 bytes
+    # No contract call for a channel without the minimum deposit: its payer has locked nothing worth the call.
+    small = ChannelConfig(w["payer"].address, wallet_address, w["operator"].address, t.token, DELAY_S, os.urandom(32))
+    w["contracts"].token.approve(w["payer"], w["contracts"].channels.address, OPEN // 1000)
+    small_cid = w["contracts"].channels.open(w["payer"], small, OPEN // 1000)
+    small_voucher, small_sig = signed(w, small, small_cid, 10, signer=owner)
+    refused(w, header(small, small_voucher, small_sig, terms=t), "invalid_signature")
     wallet = chain.w3.eth.contract(address=wallet_address, abi=artifact.abi)
     chain.send(owner, wallet.functions.setRevoked(True))
     refused(w, header(config, voucher, sig, terms=t), "invalid_signature")
