@@ -277,7 +277,8 @@ class Receipts:
         """The stored receipt of a call; checked (`record.verified`) when it is on one of the wallet's channels,
         raising InvalidReceipt if the check fails (see receipts.verify_record)."""
         call = _hex_id(call_id)
-        return _checked(self._client.wallet, call, self._client._request(_get(f"/v1/receipts/{call}", ReceiptRecord, timeout)))
+        record = self._client._request(_get(f"/v1/receipts/{call}", ReceiptRecord, timeout))
+        return _checked(self._client.wallet, call, record)
 
 
 class Channels:

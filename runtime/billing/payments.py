@@ -239,7 +239,9 @@ class PaymentGate:
         if (
             state is not None
             and state.deposited >= self.terms.min_deposit_wei
-            and self._reader.contract_accepts(config.payer_authorizer, voucher_digest(self.terms.domain, voucher), signature)
+            and self._reader.contract_accepts(
+                config.payer_authorizer, voucher_digest(self.terms.domain, voucher), signature
+            )
         ):
             return
         raise PaymentRefused("invalid_signature", problem)
@@ -305,7 +307,9 @@ class PaymentGate:
         except (KeyError, TypeError, ValueError) as exc:
             raise PaymentRefused("invalid_payment", f"malformed loraledger-channel payload: {exc!r}", status=400) from None
         if not 1 <= len(signature) <= MAX_SIGNATURE_BYTES:  # 65 for an EOA; a contract wallet's may be longer
-            raise PaymentRefused("invalid_signature", f"a voucher signature is 1 to {MAX_SIGNATURE_BYTES} bytes, got {len(signature)}")
+            raise PaymentRefused(
+                "invalid_signature", f"a voucher signature is 1 to {MAX_SIGNATURE_BYTES} bytes, got {len(signature)}"
+            )
         return config, voucher, signature
 
     # ------------------------------------------------------------------------------------------- 200

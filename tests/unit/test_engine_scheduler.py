@@ -136,7 +136,8 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(base, adapter):
 def test_sampler_filters():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 50, generator=g)
-    top1 = [SamplingParams(temperature=1.0, top_k=1, logprobs=True)] * 2 + [SamplingParams(temperature=1.0, top_p=1e-6)] * 2
+    top1 = [SamplingParams(temperature=1.0, top_k=1, logprobs=True)] * 2
+    top1 += [SamplingParams(temperature=1.0, top_p=1e-6)] * 2
     tokens, logprobs = sample(logits, top1, [None] * 4, g)
     assert tokens.tolist() == logits.argmax(-1).tolist()
     torch.testing.assert_close(logprobs, torch.log_softmax(logits, -1).max(-1).values)

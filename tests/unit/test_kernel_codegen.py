@@ -29,7 +29,8 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
                      "paged attention 8B", "rms_norm", "silu_and_mul"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kernels" / "inspect_kernels.py"), "--only", only, "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "kernels" / "inspect_kernels.py"), "--only", only,
+         "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=540, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

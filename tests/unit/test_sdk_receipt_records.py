@@ -109,7 +109,8 @@ def test_the_client_checks_receipts_of_its_own_channels(contracts, accounts) -> 
     client = sdk.Client(base_url="http://runtime.test", wallet=wallet, retry_backoff_s=0.0,
                         http_client=httpx.Client(transport=httpx.MockTransport(handler)))  # fmt: skip
     messages = [{"role": "user", "content": "list the active users by name"}]
-    paid = [client.chat.completions.create(model="sql-expert", messages=messages, max_tokens=20).receipt for _ in range(3)]
+    paid = [client.chat.completions.create(model="sql-expert", messages=messages, max_tokens=20).receipt
+            for _ in range(3)]
     domain = wallet.domain(contracts.channels.address)
     tree = MerkleTree([receipt_leaf(domain, r) for r in paid])
     for i, r in enumerate(paid):

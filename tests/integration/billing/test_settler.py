@@ -164,7 +164,8 @@ def test_a_contract_wallet_that_revokes_before_the_claim_is_forfeited_and_the_re
     contracts, ledger, operator, owner, acc = setup
     artifact = load_test_artifact("ERC1271Wallet")
     wallet_address, _ = chain.deploy(acc[0], artifact.abi, artifact.bytecode, acc[4].address)
-    config = ChannelConfig(acc[3].address, wallet_address, operator.address, contracts.token.address, 600, os.urandom(32))
+    token = contracts.token.address
+    config = ChannelConfig(acc[3].address, wallet_address, operator.address, token, 600, os.urandom(32))
     contracts.token.approve(acc[3], contracts.channels.address, 10 * OPEN)
     smart = contracts.channels.open(acc[3], config, 10 * OPEN)
     eoa = open_channel(contracts, acc[1], acc[2], operator)
