@@ -90,14 +90,20 @@ class Wallet:
         *,
         chain: Chain,
         session_key: LocalAccount | str | bytes | None = None,
+        session_authorizer: str | None = None,
         deposit_wei: int = DEFAULT_DEPOSIT_WEI,
         max_lanes_per_payee: int = 4,
         lane_wait_s: float = 120.0,
     ) -> None:
         if max_lanes_per_payee < 1:
             raise ValueError("max_lanes_per_payee must be at least 1")
+        if session_authorizer is not None and session_key is None:
+            raise ValueError("a session_authorizer (contract wallet) needs the session_key it accepts signatures from")
         self._funder = _account(funding_key)
         self._session = _account(session_key) if session_key is not None else Account.create()
+        # A smart-contract wallet (ERC-1271) as the channels' payerAuthorizer, accepting the session key's signature
+        # over a voucher's EIP-712 digest; None: the session key itself authorizes.
+        self._authorizer = to_checksum_address(session_authorizer) if session_authorizer is not None else None
         self.chain = chain
         self.deposit_wei = deposit_wei
         self.max_lanes_per_payee = max_lanes_per_payee
@@ -143,8 +149,14 @@ class Wallet:
 
     @property
     def session_address(self) -> str:
-        """The session key's address: the channels' payerAuthorizer, which signs vouchers."""
+        """The session key's address: it signs vouchers."""
         return self._session.address
+
+    @property
+    def authorizer_address(self) -> str:
+        """The channels' payerAuthorizer: the session key's address, or the contract wallet given as
+        session_authorizer (which accepts the session key's signatures through ERC-1271)."""
+        return self._authorizer or self._session.address
 
     @property
     def funding_account(self) -> LocalAccount:
@@ -193,7 +205,7 @@ class Wallet:
         config = state.config
         if to_checksum_address(config.payer) != self.address:
             raise WalletError(f"channel 0x{channel.hex()} is paid by {config.payer}, not by {self.address}")
-        if to_checksum_address(config.payer_authorizer) != self.session_address:
+        if to_checksum_address(config.payer_authorizer) != self.authorizer_address:
             raise WalletError(f"channel 0x{channel.hex()} is authorized by {config.payer_authorizer}, not this session key")
         lane = Lane(
             channel_id=channel,
@@ -337,7 +349,7 @@ class Wallet:
 
     def _open(self, key: tuple[str, str, str], amount_wei: int, withdraw_delay_s: int) -> Lane:
         contract, payee, token = key
-        config = ChannelConfig(self.address, self.session_address, payee, token, withdraw_delay_s, os.urandom(32))
+        config = ChannelConfig(self.address, self.authorizer_address, payee, token, withdraw_delay_s, os.urandom(32))
         expected = channel_id(self.domain(contract), config)
         channels = self._channels(contract)
         with self._chain_lock:

@@ -156,3 +156,30 @@ def test_the_quickstart_example_runs(runtime_url, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "anchored" in result.stdout and (tmp_path / "t.jsonl").is_file()
+
+
+def test_a_contract_wallet_authorizes_the_channel(runtime_url, contracts):
+    """A payer whose channels are authorized by a smart-contract wallet (ERC-1271; contracts/test/ERC1271Wallet.sol,
+    owned by the session key): the SDK opens the channel with the wallet as payerAuthorizer and signs with the
+    session key, the runtime checks the voucher through isValidSignature and charges, the receipt verifies; once the
+    wallet revokes, the next call is refused (402), not charged."""
+    from tests.conftest import load_test_artifact
+
+    accounts = dev_accounts()
+    owner = accounts[6]  # the session key: signs vouchers, and controls the wallet (it pays the revocation's gas)
+    artifact = load_test_artifact("ERC1271Wallet")
+    address, _ = contracts.chain.deploy(owner, artifact.abi, artifact.bytecode, owner.address)
+    wallet = Wallet(accounts[5], chain=contracts.chain, session_key=owner, session_authorizer=address, deposit_wei=10**8)
+    budget = Budget(max_per_call_wei=10**8, payees=[accounts[0].address], contracts=[contracts.channels.address])
+    with Client(base_url=runtime_url, wallet=wallet, budget=budget) as client:
+        reply = client.chat.completions.create(model="legal", messages=MESSAGES, max_tokens=6)
+        assert reply.payment.amount_wei > 0
+        [lane] = wallet.lanes()
+        assert lane.config.payer_authorizer == address and wallet.authorizer_address == address
+        assert client.receipts.get(reply.receipt.call_id).verified
+        charged = client.channels.get(lane.channel_id).charged_cumulative_amount_wei
+        contract = contracts.chain.w3.eth.contract(address=address, abi=artifact.abi)
+        contracts.chain.send(owner, contract.functions.setRevoked(True))
+        with pytest.raises(PaymentRequired, match="invalid_signature|payerAuthorizer|signature"):
+            client.chat.completions.create(model="legal", messages=MESSAGES, max_tokens=6)
+        assert client.channels.get(lane.channel_id).charged_cumulative_amount_wei == charged
