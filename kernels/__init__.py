@@ -29,6 +29,7 @@ import importlib.util
 
 import torch
 
+from .configs import skinny_config
 from .meta import LoraMeta
 from .reference import lora_apply_fused_ref, lora_apply_ref
 
@@ -82,8 +83,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias), through kernels/skinny_matmul.py (split-K for few rows) where
     configs.skinny_config lists a measured win for this many rows of this shape on this device."""
     if x.is_cuda and x.dim() == 2 and x.stride(1) == 1 and weight.is_contiguous():
-        from .configs import skinny_config
-
         cfg = skinny_config(x.shape[0], weight.shape[0], weight.shape[1], x.device)
         if cfg is not None:
             from .skinny_matmul import skinny_matmul

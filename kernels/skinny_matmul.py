@@ -118,7 +118,7 @@ def _counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
-def block_m_for(m: int) -> int:
+def _block_m(m: int) -> int:
     return max(16, min(64, triton.next_power_of_2(m)))
 
 
@@ -144,7 +144,7 @@ def skinny_matmul(
         raise ValueError(f"out must be [{m}, {n}] with unit stride along N, got {tuple(y.shape)} {y.stride()}")
     if m == 0:
         return y
-    block_m = block_m_for(m)
+    block_m = _block_m(m)
     tile_bytes = (block_m + cfg.block_n) * cfg.block_k * x.element_size()  # one stage of x and W in shared memory
     stages = max(1, min(cfg.stages, SHARED_BYTES // tile_bytes))
     k_chunk = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k

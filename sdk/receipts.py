@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from ._exceptions import InvalidReceipt
 from ._x402 import PaymentRequirements, SettleResponse
-from .merkle import leaf_hash
+from . import vouchers
 from .merkle import verify as verify_proof
-from .types import Receipt, ReceiptRecord
-from .vouchers import Domain, adapter_id, receipt_digest
+from .types import Receipt, ReceiptRecord, _hex32
+from .vouchers import Domain, adapter_id
 
 __all__ = ["Expected", "receipt_leaf", "verify_record", "verify_settlement"]
 
@@ -102,9 +102,8 @@ def verify_settlement(settle: SettleResponse, expected: Expected) -> Receipt:
 
 
 def receipt_leaf(domain: Domain, receipt: Receipt) -> bytes:
-    """A receipt's leaf in its settled batch's receipts root: the StandardMerkleTree leaf of its EIP-712 digest
-    (the digest the operator signed), as the runtime builds the tree and PaymentChannels records the root."""
-    return leaf_hash(("bytes32",), (receipt_digest(domain, receipt.to_eip712()),))
+    """A receipt's leaf in its settled batch's receipts root (vouchers.receipt_leaf of its typed-data form)."""
+    return vouchers.receipt_leaf(domain, receipt.to_eip712())
 
 
 def verify_record(record: ReceiptRecord, domain: Domain, payee: str, call_id: str | None = None) -> Receipt:
@@ -143,9 +142,3 @@ def verify_record(record: ReceiptRecord, domain: Domain, payee: str, call_id: st
             raise fail(f"its Merkle proof does not lead to root {record.root}")
     return receipt
 
-
-def _hex32(value: str) -> bytes:
-    raw = bytes.fromhex(value.removeprefix("0x"))
-    if len(raw) != 32:
-        raise ValueError(f"{value!r} is not 32 bytes of hex")
-    return raw

@@ -28,6 +28,7 @@ __all__ = [
     "check_signature_form",
     "domain_separator",
     "receipt_digest",
+    "receipt_leaf",
     "recover_receipt_signer",
     "recover_voucher_signer",
     "sign_receipt",
@@ -289,6 +290,14 @@ def receipt_digest(domain: Domain, receipt: Receipt) -> bytes:
         + _bytes32(receipt.attribution_hash)
     )
     return keccak(b"\x19\x01" + domain_separator(domain) + struct)
+
+
+def receipt_leaf(domain: Domain, receipt: Receipt) -> bytes:
+    """A receipt's leaf in its settled batch's receipts root: the StandardMerkleTree leaf of its EIP-712 digest
+    (what the operator signed), as the runtime builds the tree and PaymentChannels records the root."""
+    from .merkle import leaf_hash
+
+    return leaf_hash(("bytes32",), (receipt_digest(domain, receipt),))
 
 
 def sign_receipt(account: LocalAccount, domain: Domain, receipt: Receipt) -> bytes:

@@ -40,30 +40,14 @@ class _OfflineDriver:
     def __init__(self, arch: int) -> None:
         self.target = GPUTarget("cuda", arch, 32)
 
-    def is_active(self) -> bool:
-        return True
-
     def get_current_target(self) -> GPUTarget:
         return self.target
 
     def get_current_device(self) -> int:
         return 0
 
-    def set_current_device(self, device: int) -> None:
-        pass
-
     def get_current_stream(self, device: int | None = None) -> int:
         return 0
-
-    def get_active_torch_device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def get_device_interface(self):
-        return torch.cuda
-
-    def map_python_to_cpp_type(self, ty: str) -> str:
-        raise NotImplementedError
-
 
 _COMPILED: list = []
 _run = JITFunction.run

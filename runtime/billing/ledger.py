@@ -474,8 +474,9 @@ class Ledger:
             db.execute("UPDATE settlements SET tx_hash = ? WHERE id = ? AND state = 'pending'", (tx_hash, batch_id))
 
     def forfeit_channel(self, batch_id: int, channel_id: str, reason: str) -> int:
-        """Takes one channel's calls out of a pending batch for good, because the chain will not pay them (the
-        channel closed before they were claimed), so that the rest of the batch can settle; returns their amount.
+        """Takes one channel's calls out of a pending batch for good, because the chain will not pay them (`reason`:
+        the channel closed, or its contract wallet revoked the voucher), so that the rest of the batch can settle;
+        returns their amount.
         Their receipts stay; they are never batched again and count as forfeited, not unsettled."""
         with self._tx() as db:
             rows = db.execute(
@@ -582,7 +583,7 @@ class Ledger:
         return sum(int(r["charged"]) - int(r["settled"]) for r in rows) - self.forfeited_amount(channel_id)
 
     def forfeited_amount(self, channel_id: str | None = None) -> int:
-        """Charged, receipted, and never to be paid: calls of channels that closed before they were claimed."""
+        """Charged, receipted, and never to be paid: the calls forfeit_channel took out of their batch."""
         with self._lock:
             query = "SELECT c.amount FROM forfeits f JOIN calls c ON c.call_id = f.call_id"
             args: tuple = ()

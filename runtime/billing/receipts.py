@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from loraledger.sdk.merkle import MerkleTree, leaf_hash
-from loraledger.sdk.vouchers import Domain, Receipt, receipt_digest
+from loraledger.sdk import vouchers
+from loraledger.sdk.merkle import MerkleTree
+from loraledger.sdk.vouchers import Domain, Receipt
 
 __all__ = ["receipt_from_json", "receipt_leaf", "receipts_tree"]
 
@@ -25,9 +26,8 @@ def receipt_from_json(receipt: Mapping[str, Any]) -> Receipt:
 
 
 def receipt_leaf(domain: Domain, receipt: Mapping[str, Any]) -> bytes:
-    """A receipt's leaf: the StandardMerkleTree leaf of its EIP-712 digest (what the operator signed)."""
-    digest = receipt_digest(domain, receipt_from_json(receipt))
-    return leaf_hash(("bytes32",), (digest,))
+    """A receipt's leaf (vouchers.receipt_leaf) from the JSON the runtime sends."""
+    return vouchers.receipt_leaf(domain, receipt_from_json(receipt))
 
 
 def receipts_tree(domain: Domain, receipts: Sequence[Mapping[str, Any]]) -> MerkleTree:

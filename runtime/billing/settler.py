@@ -88,7 +88,7 @@ class Settler:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.last_settled_at: float | None = None
-        self.forfeited_wei = 0  # by this settler: calls of channels that closed before they were claimed
+        self.forfeited_wei = 0  # by this settler: calls of channels the chain will not pay (see _unpayable)
         self._adapters: dict[bytes, Adapter] = {}
 
     # ------------------------------------------------------------------------------------------- one batch

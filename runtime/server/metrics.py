@@ -28,7 +28,7 @@ class Metrics:
         self.kv_free = Gauge("loraledger_kv_blocks_free", "Free KV-cache blocks", registry=r)
         self.adapter_cache = Gauge("loraledger_adapter_cache", "Adapter cache counters", ["counter"], registry=r)
         self.unsettled_wei = Gauge("loraledger_unsettled_wei", "Charged but not yet claimed on chain", registry=r)
-        self.forfeited_wei = Gauge("loraledger_forfeited_wei", "Charged on channels that closed before the claim",
+        self.forfeited_wei = Gauge("loraledger_forfeited_wei", "Charged on channels the chain will not pay",
                                    registry=r)  # fmt: skip
         self.settlement_lag = Gauge("loraledger_settlement_lag_seconds", "Seconds since the last settlement", registry=r)
         self.settlement_errors = Gauge("loraledger_settlement_failing", "1 while settlement is failing", registry=r)
