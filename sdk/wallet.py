@@ -101,9 +101,9 @@ class Wallet:
             raise ValueError("a session_authorizer (contract wallet) needs the session_key it accepts signatures from")
         self._funder = _account(funding_key)
         self._session = _account(session_key) if session_key is not None else Account.create()
-        # A smart-contract wallet (ERC-1271) as the channels' payerAuthorizer, accepting the session key's signature
-        # over a voucher's EIP-712 digest; None: the session key itself authorizes.
-        self._authorizer = to_checksum_address(session_authorizer) if session_authorizer is not None else None
+        # The channels' payerAuthorizer: a smart-contract wallet (ERC-1271) accepting the session key's signature over
+        # a voucher's EIP-712 digest, or the session key itself.
+        self._authorizer = to_checksum_address(session_authorizer or self._session.address)
         self.chain = chain
         self.deposit_wei = deposit_wei
         self.max_lanes_per_payee = max_lanes_per_payee
@@ -156,7 +156,7 @@ class Wallet:
     def authorizer_address(self) -> str:
         """The channels' payerAuthorizer: the session key's address, or the contract wallet given as
         session_authorizer (which accepts the session key's signatures through ERC-1271)."""
-        return self._authorizer or self._session.address
+        return self._authorizer
 
     @property
     def funding_account(self) -> LocalAccount:

@@ -48,12 +48,12 @@ def erc1271_accepts(chain: Chain, signer: str, digest: bytes, signature: bytes, 
     as OpenZeppelin's SignatureChecker decides it (a 32-byte answer equal to the selector); None when `signer` has no
     code (an EOA: only ECDSA recovery can authorize it). A revert, a short answer or running out of `gas` is False:
     the cap bounds what a wallet's code can make the caller's node run (common wallets need well under 50,000)."""
-    w3 = chain.w3
-    if not w3.eth.get_code(Web3.to_checksum_address(signer)):
+    w3, signer = chain.w3, Web3.to_checksum_address(signer)
+    if not w3.eth.get_code(signer):
         return None
     data = _ERC1271_SELECTOR + encode(["bytes32", "bytes"], [digest, signature])
     try:
-        out = w3.eth.call({"to": Web3.to_checksum_address(signer), "data": "0x" + data.hex(), "gas": gas})
+        out = w3.eth.call({"to": signer, "data": "0x" + data.hex(), "gas": gas})
     except Exception:  # noqa: BLE001 - a reverting or misbehaving wallet answers "no", whatever it raises
         return False
     return bytes(out[:32]) == _ERC1271_MAGIC
