@@ -305,6 +305,32 @@ elif [[ "${PART}" == 33 ]]; then  # fifth session, call 4: the S-LoRA decode ste
     (cd benchmarks/kernels && run sweep_skinny 260 $PY sweep_skinny.py --rows 64,16 --budget-s 200 \
         --shapes 1b_qkv,1b_o,1b_down,8b_qkv,8b_o,8b_down --out "$OUT/sweep_skinny.json")
     grep -v "^$" "$OUT/sweep_skinny.log" | tail -n 14
+elif [[ "${PART}" == 34 ]]; then  # sixth session, call 1: the token-gather pair (kernels/sgmv_gather.py): its GPU
+    # tests (every case on the gather and auto paths, graphs, host syncs) while the sweep's variants compile, then
+    # sweep_gather.py alone on the GPU (variants against the table's two launches)
+    timeout 200 $PYTEST -n 4 -rf tests/gpu/test_kernels_gpu.py -k "gather or auto or pdl" >"$OUT/tests_gather.log" 2>&1 &
+    for i in 0 1 2 3 4 5 6 7 8 9; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_gather.py --compile-only --shard $i/10) \
+            >"/tmp/gather_compile_$i.log" 2>&1 &
+    done
+    wait
+    tail -n 3 "$OUT/tests_gather.log" /tmp/gather_compile_*.log | grep -v "^$" | tail -n 24
+    (cd benchmarks/kernels && run sweep_gather 330 $PY sweep_gather.py --budget-s 230 --out "$OUT/sweep_gather.json")
+    grep -v "^\[" "$OUT/sweep_gather.log" | tail -n 30
+elif [[ "${PART}" == 35 ]]; then  # sixth session, call 2: the gather path's GPU tests (kernels, the engine's graphs
+    # with it), then the decode step at 8B (no LoRA, S-LoRA and Punica, B 64) with the gather path where the rule
+    # picks it and without it (LORALEDGER_SGMV_GATHER=0)
+    timeout 200 $PYTEST -n 4 -rf tests/gpu/test_kernels_gpu.py -k "gather or auto" >"$OUT/tests_gather.log" 2>&1 &
+    run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_gather.log" "$OUT/tests_engine.log"
+    for mode in gather tiles; do
+        [[ $mode == tiles ]] && export LORALEDGER_SGMV_GATHER=0
+        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
+            --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
+        grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
+    done
+    unset LORALEDGER_SGMV_GATHER
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

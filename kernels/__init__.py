@@ -10,7 +10,10 @@ Public operators (in place, return y):
 
 CUDA tensors run the Triton kernels; CPU tensors run the torch reference (kernels/reference.py), or the
 same Triton kernels through Triton's interpreter when it is on (TRITON_INTERPRET=1, how CI tests them).
-Three paths, one operator: the one-launch whole-K kernel (kernels/sgmv_fused.py: each program shrinks
+Four paths, one operator: the token-gather pair (kernels/sgmv_gather.py: each program gathers a few
+tokens' own adapter rows, no sorted metadata) where the caller asks for it (`gather=True`; the engine
+asks `prefers_gather` once per step) or a LoraMeta's adapters hint says most tokens have their own
+adapter in a small batch; the one-launch whole-K kernel (kernels/sgmv_fused.py: each program shrinks
 its tile over the whole K, then expands a column group) where configs.prefers_fused picks it from
 host-known sizes (T, N, K, R and the bound on the batch's tiles, which a LoraMeta built with num_adapters
 tightens); otherwise a split-K shrink and an expand, as two launches (kernels/sgmv_shrink.py,
@@ -33,7 +36,15 @@ from .configs import skinny_config
 from .meta import LoraMeta
 from .reference import lora_apply_fused_ref, lora_apply_ref
 
-__all__ = ["LoraMeta", "linear", "lora_apply", "lora_apply_fused", "lora_apply_fused_ref", "lora_apply_ref"]
+__all__ = [
+    "LoraMeta",
+    "linear",
+    "lora_apply",
+    "lora_apply_fused",
+    "lora_apply_fused_ref",
+    "lora_apply_ref",
+    "prefers_gather",
+]
 
 
 def lora_apply(
@@ -46,15 +57,19 @@ def lora_apply(
     token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
     *,
     meta: LoraMeta | None = None,
+    gather: bool | None = None,
 ) -> torch.Tensor:
     """y[t] += scales[s] * (x[t] @ lora_a[s, :r].T) @ lora_b[s, :, :r].T for s = token_slots[t] >= 0,
     r = ranks[s]; in place, returns y.
 
     bf16, fp16 or fp32 (x, lora_a and lora_b alike), fp32 accumulation. Work stops at each slot's real
     rank; tokens of slot -1 and slots of rank 0 cost nothing. No host synchronisation on the kernel path.
+
+    gather: True takes the token-gather pair (meta unused), False the tile kernels; None lets the rule
+    choose from meta's num_adapters hint (tile kernels without one).
     """
     if _use_triton(x):
-        return _triton_apply(y, x, (lora_a,), (lora_b,), ranks.unsqueeze(0), scales, token_slots, meta)
+        return _triton_apply(y, x, (lora_a,), (lora_b,), ranks.unsqueeze(0), scales, token_slots, meta, gather)
     return lora_apply_ref(y, x, lora_a, lora_b, ranks, scales, token_slots)
 
 
@@ -68,15 +83,27 @@ def lora_apply_fused(
     token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
     *,
     meta: LoraMeta | None = None,
+    gather: bool | None = None,
 ) -> torch.Tensor:
     """For each slice i: lora_apply on y's columns offset_i .. offset_i + N_i (offset_i = N_0 + ... +
     N_{i-1}) with lora_a[i], lora_b[i] and ranks[i]; in place, returns y.
 
     qkv under GQA is n=3 with N_q != N_k == N_v; gate_up is n=2. Slices may be views of one stacked
-    tensor (e.g. B of qkv as [S, N_q + 2 N_k, R] cut by columns)."""
+    tensor (e.g. B of qkv as [S, N_q + 2 N_k, R] cut by columns). `gather` as in lora_apply."""
     if _use_triton(x):
-        return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta)
+        return _triton_apply(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots, meta, gather)
     return lora_apply_fused_ref(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
+
+
+def prefers_gather(num_tokens: int, num_adapters: int | None, device: torch.device) -> bool:
+    """Whether the kernels' rule picks the token-gather pair (no LoraMeta needed) for a batch of num_tokens
+    tokens over num_adapters distinct adapters (counted on the host; None: unknown) on device. The engine
+    asks once per step, then passes `gather=` to every projection and builds a LoraMeta only when False."""
+    if device.type != "cuda" and not _triton_interpreting():
+        return False
+    from .configs import gather_config, prefers_gather as rule
+
+    return rule(gather_config(device), num_tokens, num_adapters)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,15 +127,25 @@ def _triton_apply(
     scales: torch.Tensor,  # [S] float32
     token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
     meta: LoraMeta | None,
+    gather: bool | None,
 ) -> torch.Tensor:
-    """Check, build the metadata if needed, then the whole-K kernel if configs.prefers_fused says so, else
-    split-K in one cooperative launch or two as the table's config says."""
-    from .configs import fused_config, prefers_fused, sgmv_config
-    from .sgmv import cooperative, prepare, two_launches
+    """Check; the token-gather pair where asked or where the rule picks it from meta's adapters hint; else
+    build the metadata if needed, then the whole-K kernel if configs.prefers_fused says so, else split-K in
+    one cooperative launch or two as the table's config says."""
+    from .configs import fused_config, gather_config, prefers_fused, sgmv_config
+    from .configs import prefers_gather as gather_rule
+    from .sgmv import check_inputs, cooperative, prepare, two_launches
     from .sgmv_fused import sgmv_fused
+    from .sgmv_gather import sgmv_gather
 
-    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
     t = x.shape[0]
+    gcfg = gather_config(x.device)
+    if gather is None:
+        gather = meta is not None and meta.num_tokens == t and gather_rule(gcfg, t, meta.num_adapters)
+    if gather:
+        check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots)
+        return sgmv_gather(y, x, lora_a, lora_b, ranks, scales, token_slots, gcfg)
+    meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
     if t == 0:
         return y
     fused = fused_config(x.device)

@@ -10,13 +10,17 @@ import torch
 
 __all__ = [
     "FusedConfig",
+    "GatherConfig",
     "SgmvConfig",
     "SkinnyConfig",
     "block_t_for",
     "fused_config",
     "fused_group_width",
+    "gather_config",
+    "hopper_gather_config",
     "hopper_sgmv_config",
     "prefers_fused",
+    "prefers_gather",
     "sgmv_config",
     "shrink_stages",
     "skinny_config",
@@ -206,6 +210,70 @@ def prefers_fused(
     program_bytes = (rows + max_rank) * k * element_size
     return (program_bytes <= cfg.max_program_kb * 1024
             and max_tiles * groups * program_bytes <= cfg.max_recompute_mb * (1 << 20))
+
+
+@dataclasses.dataclass(frozen=True)
+class GatherConfig:
+    """Launch parameters of the token-gather path (kernels/sgmv_gather.py) and the rule that picks it.
+
+    max_tokens, min_adapter_share: the rule picks the path for a batch of at most max_tokens tokens whose
+    distinct adapters, as the caller counted them on the host, are at least min_adapter_share of its tokens
+    (each token reads its own adapter's rows: tokens sharing one read them again, from L2).
+    shrink_tokens, expand_tokens: tokens per program (powers of two).
+    k_chunk, block_k: the shrink's K per program (split-K) and the step it is walked in.
+    block_n: the expand's columns per program.
+    pdl: launch the expand as a programmatic dependent launch of the shrink (Hopper+).
+    """
+
+    max_tokens: int
+    min_adapter_share: float
+    shrink_tokens: int
+    k_chunk: int
+    block_k: int
+    shrink_warps: int
+    expand_tokens: int
+    block_n: int
+    expand_warps: int
+    pdl: bool
+
+
+# Hopper, from benchmarks/kernels/sweep_gather.py on an H100 (benchmarks/RESULTS.md, 2026-11-23, sixth session):
+# against the table's two launches, the best pair (one token per program, K chunks of 1024, 512-column expand
+# blocks) took 0.97x the time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x at 128 and 0.76x at 256
+# (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
+# (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it was even (1.01x).
+_SM90_GATHER = GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=256,
+                            shrink_warps=4, expand_tokens=1, block_n=512, expand_warps=4, pdl=True)
+_DEFAULT_GATHER = dataclasses.replace(_SM90_GATHER, pdl=False)
+# The interpreter: small blocks, and a bound that lets the rule pick it for the smallest batches, so that CI
+# runs the dispatch that way too (the tests also force it).
+_INTERPRETER_GATHER = GatherConfig(max_tokens=16, min_adapter_share=0.5, shrink_tokens=2, k_chunk=64, block_k=32,
+                                   shrink_warps=4, expand_tokens=4, block_n=32, expand_warps=4, pdl=False)
+
+
+def hopper_gather_config() -> GatherConfig:
+    """The Hopper gather config, without asking a GPU (benchmark reports)."""
+    return _SM90_GATHER
+
+
+def prefers_gather(cfg: GatherConfig, num_tokens: int, num_adapters: int | None) -> bool:
+    """Whether the token-gather pair is expected to beat the tile kernels for num_tokens tokens of
+    num_adapters distinct adapters (None: not known, which keeps the tile kernels)."""
+    if num_adapters is None or num_tokens == 0:
+        return False
+    return num_tokens <= cfg.max_tokens and num_adapters >= cfg.min_adapter_share * num_tokens
+
+
+@functools.lru_cache(maxsize=16)
+def gather_config(device: torch.device) -> GatherConfig:
+    """The token-gather path's config on device (CPU means the interpreter). LORALEDGER_SGMV_GATHER=0 (read
+    once) keeps it off, for side-by-side timings."""
+    if device.type != "cuda":
+        return _INTERPRETER_GATHER
+    cfg = _SM90_GATHER if torch.cuda.get_device_capability(device)[0] == 9 else _DEFAULT_GATHER
+    if os.environ.get("LORALEDGER_SGMV_GATHER", "1") == "0":
+        return dataclasses.replace(cfg, max_tokens=0)
+    return cfg
 
 
 @functools.lru_cache(maxsize=16)

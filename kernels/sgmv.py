@@ -1,18 +1,29 @@
 """The Triton paths of lora_apply / lora_apply_fused: shape checks, then split-K in two launches (shrink,
-expand) or in one cooperative launch, or the one-launch whole-K kernel."""
+expand) or in one cooperative launch, the one-launch whole-K kernel, or the token-gather pair."""
 
 from __future__ import annotations
 
 import torch
 
-from .configs import FusedConfig, SgmvConfig, fused_config, sgmv_config
+from .configs import FusedConfig, GatherConfig, SgmvConfig, fused_config, gather_config, sgmv_config
 from .meta import LoraMeta
 from .sgmv_coop import sgmv_coop
 from .sgmv_expand import sgmv_expand
 from .sgmv_fused import sgmv_fused
+from .sgmv_gather import sgmv_gather
 from .sgmv_shrink import sgmv_shrink
 
-__all__ = ["MAX_SLICES", "cooperative", "prepare", "sgmv", "sgmv_cooperative", "sgmv_one_launch", "two_launches"]
+__all__ = [
+    "MAX_SLICES",
+    "check_inputs",
+    "cooperative",
+    "prepare",
+    "sgmv",
+    "sgmv_cooperative",
+    "sgmv_gathered",
+    "sgmv_one_launch",
+    "two_launches",
+]
 
 MAX_SLICES = 3  # qkv; the kernels take up to three slices in one launch
 
@@ -31,7 +42,7 @@ def prepare(
     """Check the inputs on the host; returns meta, or a LoraMeta built from token_slots when meta is None
     (a few small device ops, no host sync; block_t overrides the table's tile size)."""
     t = x.shape[0]
-    _check(y, x, lora_a, lora_b, ranks, scales, token_slots)
+    check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots)
     if meta is None:
         return LoraMeta(max(t, 1), x.device).build(token_slots, block_t)
     if meta.num_tokens != t or meta.device != x.device:
@@ -135,7 +146,23 @@ def sgmv_one_launch(
     return sgmv_fused(y, x, lora_a, lora_b, ranks, scales, meta, fused_config(x.device) if cfg is None else cfg)
 
 
-def _check(y, x, lora_a, lora_b, ranks, scales, token_slots) -> None:
+def sgmv_gathered(
+    y: torch.Tensor,  # [T, sum N_i]
+    x: torch.Tensor,  # [T, K]
+    lora_a: tuple[torch.Tensor, ...],  # n x [S, R, K]
+    lora_b: tuple[torch.Tensor, ...],  # n x [S, N_i, R]
+    ranks: torch.Tensor,  # [n, S] integer
+    scales: torch.Tensor,  # [S] float32
+    token_slots: torch.Tensor,  # [T] integer, -1 = no adapter
+    cfg: GatherConfig | None = None,
+) -> torch.Tensor:
+    """The same operator as sgmv on the token-gather pair (kernels/sgmv_gather.py: no metadata) whatever
+    the batch size; returns y. cfg overrides the table's gather config."""
+    check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots)
+    return sgmv_gather(y, x, lora_a, lora_b, ranks, scales, token_slots, gather_config(x.device) if cfg is None else cfg)
+
+
+def check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots) -> None:
     """Shape, dtype and device checks, on the host, without reading device memory."""
     n = len(lora_a)
     if not 1 <= n <= MAX_SLICES or len(lora_b) != n:

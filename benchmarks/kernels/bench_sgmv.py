@@ -3,9 +3,11 @@
 Every Triton path is timed side by side: split-K as two launches (shrink + expand, "two") and as one
 cooperative launch (kernels/sgmv_coop.py, "coop") in every case, with K split in 28 and 56 chunks too
 where K > 4096 ("split variants"); the whole-K one launch (kernels/sgmv_fused.py, "one", with a sweep of
-its block sizes up to T = 256) in every decode case up to T = 1024. "ours" is the path the dispatch
-picks for the case (kernels.configs.prefers_fused, then the table's `coop`; report.py applies the rule
-again, so a rule set from these numbers reports the path it picks). Every time is the median of
+its block sizes up to T = 256) in every decode case up to T = 1024; the token-gather pair
+(kernels/sgmv_gather.py, "gather") in every case up to its config's max_tokens. "ours" is the path the
+dispatch picks for the case (kernels.configs.prefers_gather with the batch's adapter count, as the engine
+passes it, then prefers_fused, then the table's `coop`; report.py applies the rule again, so a rule set from
+these numbers reports the path it picks). Every time is the median of
 CUDA-graph replays with L2 flushed before each, in microseconds; the metadata build is not timed (the
 engine builds it once per step for all projections). With --compare NAME=DIR (a copy of another kernels/
 package, e.g. an earlier commit's or an experiment's) every case is timed with that package's two launches
@@ -35,8 +37,16 @@ import triton
 import triton.language as tl
 
 from loraledger.kernels import LoraMeta
-from loraledger.kernels.configs import FusedConfig, SgmvConfig, fused_config, prefers_fused, sgmv_config
-from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
+from loraledger.kernels.configs import (
+    FusedConfig,
+    SgmvConfig,
+    fused_config,
+    gather_config,
+    prefers_fused,
+    prefers_gather,
+    sgmv_config,
+)
+from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
 DTYPE = torch.bfloat16
 DEVICE = torch.device("cuda")
@@ -189,6 +199,15 @@ class Inputs:
 
         def run() -> None:
             sgmv_one_launch(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots, meta, fcfg)
+
+        return run
+
+    def gather(self) -> Callable[[], None]:
+        """The token-gather pair (kernels/sgmv_gather.py; no metadata)."""
+        ranks = self.ranks.unsqueeze(0)
+
+        def run() -> None:
+            sgmv_gathered(self.y, self.x, (self.lora_a,), (self.lora_b,), ranks, self.scales, self.slots)
 
         return run
 
@@ -397,7 +416,11 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
     splits = split_variants(case, cfg)
     # Check before timing: the timed replays keep adding into y, whose growing magnitude would then
     # swamp the delta in bf16.
+    gcfg = gather_config(device)
+    gather_too = case.t <= gcfg.max_tokens
     row["err_two"] = check(inp, inp.ours(cfg))
+    if gather_too:
+        row["err_gather"] = check(inp, inp.gather())
     row["err_coop"] = check(inp, inp.coop(cfg))
     if one_too:
         row["err_one"] = check(inp, inp.one(fcfg))
@@ -405,6 +428,8 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
         row["err_coop"] = max(row["err_coop"], check(inp, inp.coop(v)))
         row["err_two"] = max(row["err_two"], check(inp, inp.ours(v)))
     row["two_us"] = timer(inp.ours(cfg))
+    if gather_too:
+        row["gather_us"] = timer(inp.gather())
     for name, kernels in (others or {}).items():
         row[f"err_{name}"] = check(inp, inp.other(kernels))
         row[f"{name}_us"] = timer(inp.other(kernels))
@@ -416,10 +441,12 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
         for name, v in splits.items():
             row["split_variants_us"][f"two_{name}"] = timer(inp.ours(v))
             row["split_variants_us"][f"coop_{name}"] = timer(inp.coop(v))
-    row["fused"] = "one_us" in row and picks_fused(row, fcfg)
-    row["coop"] = not row["fused"] and cfg.coop
-    row["ours_us"] = row["one_us"] if row["fused"] else row["coop_us"] if row["coop"] else row["two_us"]
-    row["err"] = max(row["err_two"], row["err_coop"], row.get("err_one", 0.0))
+    row["gather"] = gather_too and prefers_gather(gcfg, case.t, case.n)  # the engine's count of adapters: n
+    row["fused"] = not row["gather"] and "one_us" in row and picks_fused(row, fcfg)
+    row["coop"] = not row["fused"] and not row["gather"] and cfg.coop
+    row["ours_us"] = (row["gather_us"] if row["gather"] else row["one_us"] if row["fused"] else row["coop_us"]
+                      if row["coop"] else row["two_us"])
+    row["err"] = max(row["err_two"], row["err_coop"], row.get("err_one", 0.0), row.get("err_gather", 0.0))
     row["floor_us"] = inp.floor_bytes() / bw * 1e6
     key = (case.shape, case.t)
     if key not in base_cache:
@@ -527,6 +554,8 @@ def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool) ->
         for v in (cfg, *split_variants(case, cfg).values()):
             inp.ours(v)()
             inp.coop(v)()
+        if case.t <= gather_config(device).max_tokens:
+            inp.gather()()
         if one_launch and case.kind == "decode" and case.t <= FUSED_MAX_T:
             for name, v in variants.items():
                 if name == "table" or case.t <= SWEEP_MAX_T:

@@ -15,7 +15,13 @@ import sys
 
 import torch
 
-from loraledger.kernels.configs import fused_config, hopper_sgmv_config, prefers_fused
+from loraledger.kernels.configs import (
+    fused_config,
+    hopper_gather_config,
+    hopper_sgmv_config,
+    prefers_fused,
+    prefers_gather,
+)
 
 HOPPER = torch.device("cuda")  # names the table only: nothing here touches a GPU
 
@@ -57,15 +63,17 @@ def apply_rule(data: dict) -> str | None:
         r["one_table_us"] = one
         r["fused"] = one is not None and prefers_fused(cfg, r["t"], r["max_tiles"], r["block_t"], (r["width"],), r["k"],
                                                        r["rank"], r["element_size"])
-        r["coop"] = not r["fused"] and r.get("coop_us") is not None and hopper_sgmv_config(r["t"]).coop
-        r["ours_us"] = one if r["fused"] else r["coop_us"] if r["coop"] else r["two_us"]
+        r["gather"] = r.get("gather_us") is not None and prefers_gather(hopper_gather_config(), r["t"], r["n"])
+        r["fused"] = r["fused"] and not r["gather"]
+        r["coop"] = not r["fused"] and not r["gather"] and r.get("coop_us") is not None and hopper_sgmv_config(r["t"]).coop
+        r["ours_us"] = r["gather_us"] if r["gather"] else one if r["fused"] else r["coop_us"] if r["coop"] else r["two_us"]
         r["lora_over_base"] = r["ours_us"] / r["base_us"]
         r["goals"] = goals(r)
     return name
 
 
 def _path(r: dict) -> str:
-    return "one" if r["fused"] else "coop" if r.get("coop") else "two"
+    return "gather" if r.get("gather") else "one" if r["fused"] else "coop" if r.get("coop") else "two"
 
 
 def coop_table(rows: list[dict]) -> None:
@@ -160,7 +168,7 @@ def main(path: str) -> None:
         print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
 
     print("\n### Every case (bf16; µs, the picked path; LoRA / base in parentheses; ¹ whole-K one launch, ² split-K "
-          "cooperative one launch; ✗ a missed goal)\n")
+          "cooperative one launch, ³ token-gather pair; ✗ a missed goal)\n")
     print("| shape (K→N) | r | " + head(cols) + " |")
     print("|---|---:|" + "---:|" * len(cols))
     for (shape, k, w, rank), rs in sorted(cols_of.items(), key=lambda kv: (kv[0][0], kv[0][3])):
@@ -171,7 +179,7 @@ def main(path: str) -> None:
                 cells.append("")
                 continue
             miss = "✗" if not all(r["goals"].values()) else ""
-            mark = "¹" if r["fused"] else "²" if r.get("coop") else ""
+            mark = "¹" if r["fused"] else "²" if r.get("coop") else "³" if r.get("gather") else ""
             cells.append(f"{r['ours_us']:.1f}{mark} ({r['lora_over_base']:.2f}){miss}")
         print(f"| {shape} {k}→{w} | {rank} | " + " | ".join(cells) + " |")
 

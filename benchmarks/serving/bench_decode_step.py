@@ -90,13 +90,15 @@ def step_floor(config: ModelConfig, *, batch: int, context: float, rank: int, ta
     }
 
 
-def _graph(engine: Engine, bucket: int, use_lora: bool):
-    """The engine's captured decode graph of a bucket, or None (see the module docstring)."""
+def _graph(engine: Engine, bucket: int):
+    """The engine's captured decode graph that its last step replayed, if of this bucket, or None (see the
+    module docstring)."""
     runner = getattr(engine, "_graphs", None)
     graphs = getattr(runner, "_graphs", None)
-    if not isinstance(graphs, dict):
+    key = getattr(runner, "last_key", None)
+    if not isinstance(graphs, dict) or key is None or key[0] != bucket:
         return None
-    entry = graphs.get((bucket, use_lora))
+    entry = graphs.get(key)
     return entry[0] if isinstance(entry, tuple) and isinstance(entry[0], torch.cuda.CUDAGraph) else None
 
 
@@ -195,7 +197,7 @@ def measure(engine: Engine, args, *, batch: int, adapter_ids: list[str] | None, 
     for key, total in phases.items():  # the engine's own host split of a step, per timed step
         if key.endswith("_s") and key in phases_before:
             result[f"host_{key[:-2]}_ms"] = 1e3 * (total - phases_before[key]) / args.steps
-    graph = _graph(engine, batch, bool(adapter_ids)) if engine.device.type == "cuda" else None
+    graph = _graph(engine, batch) if engine.device.type == "cuda" else None
     if graph is not None:
         result["gpu_step_ms"] = replay_ms(graph, args.replays)
         result["host_ms"] = result["step_wall_ms_p50"] - result["gpu_step_ms"]

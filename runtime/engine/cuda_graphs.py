@@ -1,7 +1,9 @@
 """CUDA graphs for the engine's pure-decode steps: one captured forward per batch-size bucket.
 
 A decode step (every scheduled row one token) is padded to the smallest bucket that holds it; its inputs
-are copied into fixed device buffers, and the graph captured for (bucket, with LoRA or not) is replayed.
+are copied into fixed device buffers, and the graph captured for (bucket, LoRA kind) is replayed: "base" (no
+adapter in the step), "tiles" (the SGMV tile kernels, over a LoraMeta built inside the graph) or "gather" (the
+token-gather kernels, where kernels.prefers_gather picks them for the step's bucket and distinct adapters).
 The graph runs the model up to the logits; sampling stays outside it.
 
     graphs = DecodeGraphs(model, kv_cache, max_batch=64, block_size=16, max_blocks_per_seq=512,
@@ -15,7 +17,7 @@ Padding rows are harmless: they read token 0 at position 0, write their K/V to a
 What makes one graph serve every step of its bucket:
 - every tensor the graph reads lives at a fixed address: the static input buffers here, the KV cache, the
   adapter slot pool (loading an adapter copies into it in place, so nothing is invalidated) and one LoraMeta
-  built inside the graph from the step's token slots;
+  built inside the graph from the step's token slots (the "tiles" graphs);
 - the paged-attention split count is chosen on the host from `max_context_len`, fixed here to the engine's
   max_model_len; each sequence's share of the splits is computed on the device from its own length;
 - block tables are [bucket, max_blocks_per_seq]; only the columns a step's longest table needs are copied
@@ -33,11 +35,11 @@ import logging
 
 import torch
 
-from loraledger.kernels import LoraMeta
+from loraledger.kernels import LoraMeta, prefers_gather
 
 from .attention import AttentionMetadata
 from .kv_cache import KVCache
-from .lora_linear import LoRABatch
+from .lora_linear import lora_batch
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,10 @@ def pad_block_tables(tables: list[list[int]], bucket: int) -> list[list[int]]:
 
 
 class CapturedBuckets(abc.ABC):
-    """What the engine's two graph runners share: graphs captured per (bucket, with LoRA or not), lazily on a
+    """What the engine's two graph runners share: graphs captured per (bucket, LoRA kind) key, lazily on a
     bucket's first step or all at once (`capture_all`); a key whose capture failed stays eager for good.
-    A subclass sets `buckets`, `capture`, `_graphs` (key → its captured graphs), `_failed`, and `_capture`."""
+    A subclass sets `buckets`, `capture`, `_graphs` (key → its captured graphs), `_failed`, and `_capture`,
+    and may name its LoRA kinds (`lora_kinds`: without LoRA first; False and True here)."""
 
     buckets: tuple[int, ...]
     capture: bool
@@ -119,20 +122,26 @@ class CapturedBuckets(abc.ABC):
     _failed: set
 
     @abc.abstractmethod
-    def _capture(self, bucket: int, use_lora: bool) -> None:
-        """Captures the graphs of one (bucket, with LoRA or not) key into _graphs, or records it in _failed."""
+    def _capture(self, bucket: int, lora) -> None:
+        """Captures the graphs of one (bucket, LoRA kind) key into _graphs, or records it in _failed."""
 
-    def ensure_captured(self, bucket: int, use_lora: bool) -> None:
+    def lora_kinds(self, bucket: int) -> tuple:
+        """The LoRA kinds a bucket's steps can take, the one without LoRA first."""
+        return (False, True)
+
+    def ensure_captured(self, bucket: int, lora) -> None:
         """Captures the key's graphs unless they exist, failed before, or capture is off."""
-        key = (bucket, use_lora)
+        key = (bucket, lora)
         if self.capture and key not in self._graphs and key not in self._failed:
-            self._capture(bucket, use_lora)
+            self._capture(bucket, lora)
 
     def capture_all(self, lora: bool = True) -> None:
-        """Captures every bucket's graphs now (without and, if `lora`, with LoRA) instead of on first use."""
+        """Captures every bucket's graphs now (without and, if `lora`, with each kind of LoRA) instead of on
+        first use."""
         for bucket in self.buckets:
-            for use_lora in (False, True) if lora else (False,):
-                self.ensure_captured(bucket, use_lora)
+            kinds = self.lora_kinds(bucket)
+            for kind in kinds if lora else kinds[:1]:
+                self.ensure_captured(bucket, kind)
 
 
 class DecodeGraphs(CapturedBuckets):
@@ -167,15 +176,17 @@ class DecodeGraphs(CapturedBuckets):
         self._arange = torch.arange(max_batch, **i64)
         self._zeros = torch.zeros(max_batch, **i64)
         self._lora_meta = LoraMeta(max_batch, device)
-        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._failed: set[tuple[int, bool]] = set()
+        self._graphs: dict[tuple[int, str], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._failed: set[tuple[int, str]] = set()
         self._pool = None
         self.num_replays = 0  # graph replays
         self.num_steps = 0  # decode steps through the static buffers (replayed, or eager where capture failed)
         self.steps_per_bucket: dict[int, int] = {}  # decode steps through the static buffers, by bucket
+        self.last_key: tuple[int, str] | None = None  # (bucket, LoRA kind) of the last step
 
     def stats(self) -> dict:
-        """Steps, replays, steps per bucket, and the (bucket, lora) keys captured or left eager (failed capture)."""
+        """Steps, replays, steps per bucket, and the (bucket, LoRA kind) keys captured or left eager (failed
+        capture)."""
         return {
             "steps": self.num_steps,
             "replays": self.num_replays,
@@ -238,10 +249,10 @@ class DecodeGraphs(CapturedBuckets):
         without capture, run the same padded forward eagerly. The returned logits are the graph's output
         buffer: read them before the next step. `input_ids` ([rows] on the device) replaces token_ids: a
         step whose input tokens are still on the device (copied in stream order, no synchronisation)."""
-        use_lora = any(s >= 0 for s in lora_slots)
         bucket = bucket_for(len(token_ids), self.buckets)
-        key = (bucket, use_lora)
-        self.ensure_captured(bucket, use_lora)
+        kind = self.lora_kind(lora_slots, bucket)
+        key = self.last_key = (bucket, kind)
+        self.ensure_captured(bucket, kind)
         self.fill(token_ids, positions, slot_mapping, lora_slots, block_tables)
         if input_ids is not None:
             self.views(bucket)["input_ids"][: len(token_ids)].copy_(input_ids)
@@ -249,13 +260,24 @@ class DecodeGraphs(CapturedBuckets):
         self.num_steps += 1
         graph = self._graphs.get(key)
         if graph is None:
-            return self.run_model(bucket, use_lora)
+            return self.run_model(bucket, kind)
         graph[0].replay()
         self.num_replays += 1
         return graph[1]
 
-    def run_model(self, bucket: int, use_lora: bool) -> torch.Tensor:
-        """The model over the static buffers of one bucket (what the graph captures)."""
+    def lora_kind(self, lora_slots: list[int], bucket: int) -> str:
+        """The LoRA kind of a decode step with these slots (-1: no adapter) padded to bucket."""
+        adapters = len({s for s in lora_slots if s >= 0})
+        if not adapters:
+            return "base"
+        return "gather" if prefers_gather(bucket, adapters, self.device) else "tiles"
+
+    def lora_kinds(self, bucket: int) -> tuple[str, ...]:
+        kinds = ("base", "tiles")
+        return (*kinds, "gather") if prefers_gather(bucket, bucket, self.device) else kinds
+
+    def run_model(self, bucket: int, lora_kind: str) -> torch.Tensor:
+        """The model over the static buffers of one bucket with one LoRA kind (what the graph captures)."""
         v = self.views(bucket)
         attn = AttentionMetadata(
             slot_mapping=v["slot_mapping"],
@@ -269,9 +291,9 @@ class DecodeGraphs(CapturedBuckets):
             num_decode_rows=bucket,
         )
         lora = None
-        if use_lora:
+        if lora_kind != "base":
             slots = v["lora_slots"].to(torch.int32)
-            lora = LoRABatch(token_slots=slots, meta=self._lora_meta.build(slots))
+            lora = lora_batch(slots, self._lora_meta, gather=lora_kind == "gather")
         return self.model(v["input_ids"], v["positions"], self.kv_cache, attn, lora, self._arange[:bucket])
 
     def _fill_padding(self, bucket: int) -> None:
@@ -279,25 +301,25 @@ class DecodeGraphs(CapturedBuckets):
         flat = pad_decode_inputs([], [], [], [], bucket, self.scratch_slot)
         self._inputs[: len(flat)].copy_(torch.tensor(flat, dtype=torch.int64), non_blocking=True)
 
-    def _capture(self, bucket: int, use_lora: bool) -> None:
-        key = (bucket, use_lora)
+    def _capture(self, bucket: int, lora_kind: str) -> None:
+        key = (bucket, lora_kind)
         try:
             self._fill_padding(bucket)
             current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(current)
             with torch.cuda.stream(side):
-                self.run_model(bucket, use_lora)  # warm-up: Triton compiles, cuBLAS picks its kernels
+                self.run_model(bucket, lora_kind)  # warm-up: Triton compiles, cuBLAS picks its kernels
             current.wait_stream(side)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             # thread_local: the adapter loader's thread may issue copies on its own stream meanwhile.
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                out = self.run_model(bucket, use_lora)
+                out = self.run_model(bucket, lora_kind)
         except Exception:  # a capture that fails leaves this bucket eager, never the server down
             logger.exception("CUDA graph capture failed for decode bucket %d (lora=%s); it runs eagerly", *key)
             self._failed.add(key)
             return
         self._graphs[key] = (graph, out)
-        logger.info("captured the decode graph of bucket %d (lora=%s)", bucket, use_lora)
+        logger.info("captured the decode graph of bucket %d (lora=%s)", bucket, lora_kind)

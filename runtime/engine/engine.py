@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from loraledger.kernels import LoraMeta, compiles
+from loraledger.kernels import LoraMeta, compiles, prefers_gather
 
 from ..adapters.cache import AdapterCache
 from ..adapters.peft_format import AdapterSpec
@@ -44,7 +44,7 @@ from ..adapters.slots import SlotPool
 from .attention import AttentionMetadata
 from .cuda_graphs import DecodeGraphs
 from .kv_cache import BlockAllocator, KVCache
-from .lora_linear import LoRABatch, SliceBuffers
+from .lora_linear import SliceBuffers, lora_batch
 from .model import LORA_PROJECTIONS, Transformer, load_model
 from .piecewise_graphs import MixedGraphs
 from .sampling import SamplingParams, sample
@@ -613,7 +613,9 @@ class Engine:
         if any(s >= 0 for s in slots):
             token_slots = slot_t.to(torch.int32)[token_seq]
             if build_lora:
-                lora = LoRABatch(token_slots=token_slots, meta=self._lora_meta.build(token_slots))
+                adapters = len({s for s in slots if s >= 0})
+                gather = prefers_gather(token_slots.shape[0], adapters, self.device)
+                lora = lora_batch(token_slots, self._lora_meta, gather=gather)
         return {
             "input_ids": ids,
             "positions": positions,

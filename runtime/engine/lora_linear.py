@@ -9,7 +9,7 @@ from torch import nn
 
 from loraledger.kernels import LoraMeta, linear, lora_apply, lora_apply_fused
 
-__all__ = ["LoRABatch", "LoRALinear", "SliceBuffers"]
+__all__ = ["LoRABatch", "LoRALinear", "SliceBuffers", "lora_batch"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,18 @@ class LoRABatch:
     """Per-step LoRA metadata, built once per step and shared by every layer."""
 
     token_slots: torch.Tensor  # [T] int32 slot of each token's adapter, -1 = base model
-    meta: LoraMeta  # tokens sorted by slot into tiles, built from token_slots once per step
+    # Tokens sorted by slot into tiles, built from token_slots once per step for the tile kernels; None when
+    # the step takes the token-gather kernels, which read token_slots alone.
+    meta: LoraMeta | None
+    gather: bool = False
+
+
+def lora_batch(token_slots: torch.Tensor, meta: LoraMeta, gather: bool) -> LoRABatch:
+    """The step's LoRABatch for token_slots ([T] int32): the token-gather kernels (no metadata) where `gather`
+    (kernels.prefers_gather, asked by the caller with the step's distinct adapters), else meta rebuilt."""
+    if gather:
+        return LoRABatch(token_slots=token_slots, meta=None, gather=True)
+    return LoRABatch(token_slots=token_slots, meta=meta.build(token_slots))
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class LoRALinear(nn.Module):
             return y
         if all(a is not None for a in buf.lora_a):
             return lora_apply_fused(
-                y, x, buf.lora_a, buf.lora_b, buf.ranks, buf.scales, lora.token_slots, meta=lora.meta
+                y, x, buf.lora_a, buf.lora_b, buf.ranks, buf.scales, lora.token_slots, meta=lora.meta,
+                gather=lora.gather,
             )
         # Some slices are not in the pool (e.g. lora_targets of q and v only): one call per served slice.
         offset = 0
@@ -72,6 +84,7 @@ class LoRALinear(nn.Module):
                     buf.scales,
                     lora.token_slots,
                     meta=lora.meta,
+                    gather=lora.gather,
                 )
             offset += n
         return y

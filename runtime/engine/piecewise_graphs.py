@@ -33,7 +33,7 @@ from loraledger.kernels import LoraMeta
 from .attention import AttentionMetadata
 from .cuda_graphs import CapturedBuckets
 from .kv_cache import KVCache
-from .lora_linear import LoRABatch
+from .lora_linear import LoRABatch, lora_batch
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class MixedGraphs(CapturedBuckets):
 
     def _lora_batch(self, bucket: int) -> LoRABatch:
         slots = self._lora_slots[:bucket]
-        return LoRABatch(token_slots=slots, meta=self._lora_meta.build(slots))
+        return lora_batch(slots, self._lora_meta, gather=False)  # mixed steps: the tile kernels
 
     @torch.inference_mode()
     def _piece(self, i: int, bucket: int, lora: LoRABatch | None) -> None:

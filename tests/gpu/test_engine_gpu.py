@@ -211,7 +211,9 @@ def test_graphed_decode_matches_eager(graph_setup):
     assert eager_engine._graphs is None
     graphs = graphed_engine._graphs
     assert graphs.num_replays > 20 and len(graphs.steps_per_bucket) >= 3, graphs.steps_per_bucket
-    assert {lora for _, lora in graphs._graphs} == {False, True} and not graphs._failed
+    # Decode graphs of each LoRA kind: none, the tile kernels (steps whose tokens share adapters) and the
+    # token-gather kernels (steps of mostly distinct adapters).
+    assert {kind for _, kind in graphs._graphs} == {"base", "tiles", "gather"} and not graphs._failed
     # The prefill and mixed steps replayed the piecewise graphs (attention eager between the pieces).
     pieces = graphed_engine._mixed.stats()
     assert pieces["steps"] > 5 and {lora for _, lora in pieces["captured"]} == {False, True}, pieces
@@ -244,7 +246,8 @@ def test_replayed_decode_step_has_no_host_sync(graph_setup):
         graphs = engine._graphs
         lora = any(seq.slot >= 0 for seq, _ in scheduled)
         if all(n == 1 for _, n in scheduled):
-            key = ("decode", bucket_for(len(scheduled), graphs.buckets), lora)
+            bucket = bucket_for(len(scheduled), graphs.buckets)
+            key = ("decode", bucket, graphs.lora_kind([seq.slot for seq, _ in scheduled], bucket))
             captured = key[1:] in graphs._graphs
         else:  # a prefill or mixed step: the piecewise graphs, attention eager in between
             key = ("pieces", engine._mixed.bucket(sum(n for _, n in scheduled)), lora)

@@ -59,9 +59,16 @@ def test_kernels_match_float64_reference(case: Case, path: str, dtype: str) -> N
 
 
 def _forced(path: str):
-    """lora_apply_fused's signature on one forced path: "one" (whole-K) launch, "two" or "coop"."""
-    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
+    """lora_apply_fused's signature on one forced path: "one" (whole-K) launch, "two", "coop" or "gather"
+    (which takes no metadata)."""
+    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
+    if path == "gather":
+
+        def gathered(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None):
+            return sgmv_gathered(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
+
+        return gathered
     run = {"one": sgmv_one_launch, "two": sgmv, "coop": sgmv_cooperative}[path]
 
     def apply(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None):
@@ -70,7 +77,7 @@ def _forced(path: str):
     return apply
 
 
-@pytest.mark.parametrize("path", ["one", "two", "coop"])
+@pytest.mark.parametrize("path", ["one", "two", "coop", "gather"])
 def test_no_host_synchronisation_on_each_path(path: str) -> None:
     """Each path, with the metadata built with and without the adapters hint, never waits for the device."""
     from loraledger.kernels import LoraMeta
@@ -124,7 +131,7 @@ def test_no_host_synchronisation() -> None:
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("path", ["auto", "one", "two", "coop"])
+@pytest.mark.parametrize("path", ["auto", "one", "two", "coop", "gather"])
 def test_cuda_graph_replays_with_new_batches(path: str) -> None:
     """The engine's pattern: capture meta.build + the projections once, then per step copy new token
     slots and activations into the static buffers and replay. Many steps and replays: the cooperative
@@ -210,3 +217,44 @@ def test_every_table_config_runs_two_launches_without_pdl() -> None:
         sgmv(y_pdl, *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=True))
         sgmv(inp["y"], *(inp[k] for k in names), cfg=dataclasses.replace(cfg, pdl=False))
         torch.testing.assert_close(y_pdl, inp["y"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_variants_agree_and_match_the_reference(dtype: str) -> None:
+    """The token-gather pair over its launch parameters (tokens per program, K chunks, column blocks, PDL on
+    and off) on qkv under GQA and a long-K down: every variant within tolerance of float64, and the PDL
+    flag changes no bit."""
+    from loraledger.kernels.configs import GatherConfig
+    from loraledger.kernels.sgmv import sgmv_gathered
+
+    def cfg(st: int, kc: int, bk: int, sw: int, et: int, bn: int, ew: int) -> GatherConfig:
+        return GatherConfig(max_tokens=64, min_adapter_share=0.5, shrink_tokens=st, k_chunk=kc, block_k=bk,
+                            shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
+
+    variants = [cfg(1, 512, 256, 4, 1, 256, 4), cfg(2, 1024, 256, 8, 2, 512, 8), cfg(4, 256, 128, 4, 4, 128, 4),
+                cfg(1, 512, 128, 2, 1, 1024, 8)]
+    shapes = (
+        Case("gather_qkv", 61, 4096, (4096, 1024, 1024), 40, 16, "random"),
+        Case("gather_down", 37, 14336, (4096,), 40, 8, "distinct"),
+        Case("gather_odd", 13, 1000, (300, 77), 9, 24, "random"),
+    )
+    names = ("x", "lora_a", "lora_b", "ranks", "scales", "token_slots")
+    for case in shapes:
+        inp = cases.make_inputs(case, DTYPES[dtype], "cuda", torch.Generator().manual_seed(len(case.name)))
+        y0 = inp["y"].clone()
+        ref = y0.double().cpu()
+        from loraledger.kernels import lora_apply_fused_ref
+
+        lora_apply_fused_ref(ref, inp["x"].double().cpu(), tuple(a.double().cpu() for a in inp["lora_a"]),
+                             tuple(b.double().cpu() for b in inp["lora_b"]), inp["ranks"].cpu(),
+                             inp["scales"].double().cpu(), inp["token_slots"].cpu())
+        for variant in variants:
+            outs = []
+            for pdl in (True, False):
+                _poison_allocator()
+                y = y0.clone()
+                sgmv_gathered(y, *(inp[k] for k in names), cfg=dataclasses.replace(variant, pdl=pdl))
+                outs.append(y)
+            torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+            err = ((outs[0].double().cpu() - ref).norm() / (ref - y0.double().cpu()).norm()).item()
+            assert err <= cases.TOLERANCE[DTYPES[dtype]], (case.name, variant, err)

@@ -161,15 +161,15 @@ def _valid_args(widths=(8, 4)):
 )
 def test_kernel_path_rejects_mismatched_inputs(change: dict) -> None:
     pytest.importorskip("triton")
-    from loraledger.kernels.sgmv import _check
+    from loraledger.kernels.sgmv import check_inputs
 
     args = {**_valid_args(), **change}
     if len(args["lora_a"]) == 4:  # the widths and ranks fit; only the slice count is wrong
         args["y"] = torch.zeros(5, 12)
         args["ranks"] = torch.ones(4, 3, dtype=torch.int32)
     with pytest.raises(ValueError):
-        _check(*args.values())
-    _check(*_valid_args().values())  # and the valid arguments pass
+        check_inputs(*args.values())
+    check_inputs(*_valid_args().values())  # and the valid arguments pass
 
 
 def test_meta_adapters_hint_tightens_the_tiles_bound() -> None:
@@ -195,6 +195,27 @@ def test_dispatch_rule_reads_host_sizes_only() -> None:
     assert not prefers_fused(interpreter, 65, 5, 16, (96,), 128, 16, 4)  # T past max_tokens
     assert not prefers_fused(interpreter, 16, 0, 16, (96,), 128, 16, 4)  # no tiles
     assert not prefers_fused(interpreter, 16, 2, 16, (96,), 1 << 16, 16, 4)  # one program's K walk too long
+
+
+def test_gather_rule_takes_small_batches_of_mostly_distinct_adapters() -> None:
+    from loraledger.kernels.configs import hopper_gather_config, prefers_gather
+
+    hopper = hopper_gather_config()
+    assert prefers_gather(hopper, 64, 64) and prefers_gather(hopper, 256, 128)  # distinct enough, small enough
+    assert not prefers_gather(hopper, 64, 8)  # tokens share adapters: the tile kernels read each once
+    assert not prefers_gather(hopper, 512, 512)  # past max_tokens
+    assert not prefers_gather(hopper, 64, None)  # the count unknown: the tile kernels
+    assert not prefers_gather(hopper, 0, 0)
+
+
+def test_prefers_gather_is_off_where_the_torch_reference_runs() -> None:
+    """On CPU without Triton's interpreter lora_apply runs the reference: the engine must build its LoraMeta
+    as before (the reference does not read it, the kernels do)."""
+    from loraledger.kernels import _triton_interpreting, prefers_gather
+
+    if _triton_interpreting():
+        pytest.skip("the interpreter runs the kernels on CPU")
+    assert not prefers_gather(64, 64, torch.device("cpu"))
 
 
 def test_shrink_pipeline_depth_fits_shared_memory() -> None:

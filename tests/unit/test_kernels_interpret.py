@@ -5,8 +5,9 @@ of the session, so the cases run in one child process (this file run as a script
 its case's result. tests/gpu/test_kernels_gpu.py imports the case helpers from here and runs them on CUDA.
 
 Every case runs on each path: "auto" (the public operator, which picks one), "one" (the one-launch
-whole-K kernel, kernels/sgmv_fused.py), "two" (split-K shrink, then expand) and "coop" (the same split-K
-in one cooperative launch, kernels/sgmv_coop.py; one program under the interpreter).
+whole-K kernel, kernels/sgmv_fused.py), "two" (split-K shrink, then expand), "coop" (the same split-K
+in one cooperative launch, kernels/sgmv_coop.py; one program under the interpreter) and "gather" (the
+token-gather pair, kernels/sgmv_gather.py).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ CASES = (
     # One adapter, one tile: the table's few-tiles rule cuts K into 25 chunks instead of 13.
     Case("few_tiles_long_k", 9, 1600, (40,), 3, 16, "shared", hint=True),
 )
-PATHS = ("auto", "one", "two", "coop")
+PATHS = ("auto", "one", "two", "coop", "gather")
 
 
 def make_inputs(
@@ -137,7 +138,7 @@ def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
     """Run the public operator ("auto"), or force the whole-K launch ("one"), split-K in two ("two") or in
     one cooperative launch ("coop"), on inp in place."""
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
-    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_one_launch
+    from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
     args = (inp["y"], inp["x"], inp["lora_a"], inp["lora_b"], inp["ranks"], inp["scales"], inp["token_slots"])
     meta = None
@@ -148,6 +149,9 @@ def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
         slots = inp["token_slots"].cpu()
         hint = len(set(slots[slots >= 0].tolist())) if case.hint else None
         meta.build(inp["token_slots"], case.block_t, num_adapters=hint)
+    if path == "gather":  # no metadata: token_slots alone
+        sgmv_gathered(*args)
+        return
     if (case.block_t is not None or case.max_splits is not None) and path != "one":
         from loraledger.kernels.configs import sgmv_config
 
