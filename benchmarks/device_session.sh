@@ -331,6 +331,43 @@ elif [[ "${PART}" == 35 ]]; then  # sixth session, call 2: the gather path's GPU
         grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
     done
     unset LORALEDGER_SGMV_GATHER
+elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests (decode graphs of three LoRA kinds;
+    # lm_head's fp32 output), the 1B no-LoRA decode step with 63f81a3's package (carried .prev: lm_head in bf16, then
+    # widened) and this tree, the 8B decode step's GPU time with and without the gather path, the S-LoRA window at 8B
+    # over 60 s with its no-LoRA side
+    run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    tail -n 3 "$OUT/tests_engine.log"
+    PYTHONPATH=$PWD/.prev run decode_step_1b_prev 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_prev.json"
+    run decode_step_1b 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b.json"
+    grep "roofline .* ms" "$OUT/decode_step_1b_prev.log" "$OUT/decode_step_1b.log" | tail -n 8
+    for mode in gather tiles; do
+        [[ $mode == tiles ]] && export LORALEDGER_SGMV_GATHER=0
+        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
+            --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
+        grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
+    done
+    unset LORALEDGER_SGMV_GATHER
+    run serving_slora_8b_60s 330 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
+    grep -i "tok/s\|ratio\|throughput" "$OUT/serving_slora_8b_60s.log" | tail -n 8
+elif [[ "${PART}" == 37 ]]; then  # sixth session, call 4: every kernel GPU test and the engine GPU tests, the 1B
+    # no-LoRA decode step with 63f81a3's package (carried .prev) and this tree (lm_head's fp32 output, no row gather
+    # before the final norm in decode graphs), the anchor cases of bench_sgmv (the gather pair where the rule picks
+    # it); everything under $OUT packed into one archive at the end (the machine returns few files)
+    timeout 280 $PYTEST -n 6 -rf tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
+    run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_kernels.log" "$OUT/tests_engine.log"
+    PYTHONPATH=$PWD/.prev run decode_step_1b_prev 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_prev.json"
+    run decode_step_1b 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
+        --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b.json"
+    grep "roofline .* ms" "$OUT/decode_step_1b_prev.log" "$OUT/decode_step_1b.log" | tail -n 8
+    (cd benchmarks/kernels && run sgmv_anchors 200 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
+    grep -E "^\[" "$OUT/sgmv_anchors.log" | tail -n 20
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -294,7 +294,8 @@ class DecodeGraphs(CapturedBuckets):
         if lora_kind != "base":
             slots = v["lora_slots"].to(torch.int32)
             lora = lora_batch(slots, self._lora_meta, gather=lora_kind == "gather")
-        return self.model(v["input_ids"], v["positions"], self.kv_cache, attn, lora, self._arange[:bucket])
+        # Every row's logits (a decode row is one token): no gather of the rows before the final norm.
+        return self.model(v["input_ids"], v["positions"], self.kv_cache, attn, lora, None)
 
     def _fill_padding(self, bucket: int) -> None:
         """Every row a padding row (context 0: the block tables are not read): what the warm-up runs on."""

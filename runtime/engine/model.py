@@ -291,7 +291,7 @@ class Transformer(nn.Module):
         kv: KVCache,
         attn: AttentionMetadata,
         lora: LoRABatch | None,  # None: no adapter in this step
-        logits_indices: torch.Tensor,  # [B] rows of T whose next token is wanted
+        logits_indices: torch.Tensor | None,  # [B] rows of T whose next token is wanted; None: every row
     ) -> torch.Tensor:  # [B, vocab] float32
         x, cos, sin = self.embed(input_ids, positions)
         residual = None
@@ -306,9 +306,15 @@ class Transformer(nn.Module):
         x = self.embed_tokens(input_ids)
         return x, emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
-    def logits(self, x: torch.Tensor, residual: torch.Tensor, logits_indices: torch.Tensor) -> torch.Tensor:
-        """[B, vocab] float32 of the rows logits_indices, from the last block's output and the stream."""
-        x, _ = self.norm.add_forward(x[logits_indices], residual[logits_indices])
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, logits_indices: torch.Tensor | None) -> torch.Tensor:
+        """[B, vocab] float32 of the rows logits_indices (None: every row, no gather), from the last block's
+        output and the stream."""
+        if logits_indices is not None:
+            x, residual = x[logits_indices], residual[logits_indices]
+        x, _ = self.norm.add_forward(x, residual)
+        if x.is_cuda and x.dtype != torch.float32:
+            # fp32 straight from the matmul's accumulator: no [B, vocab] half-precision copy to widen after.
+            return torch.mm(x, self.lm_head.weight.T, out_dtype=torch.float32)
         return self.lm_head(x).float()
 
 
