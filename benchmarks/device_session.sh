@@ -354,7 +354,7 @@ elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests 
     grep -i "tok/s\|ratio\|throughput" "$OUT/serving_slora_8b_60s.log" | tail -n 8
 elif [[ "${PART}" == 37 ]]; then  # sixth session, call 4: every kernel GPU test and the engine GPU tests, the 1B
     # no-LoRA decode step with 63f81a3's package (carried .prev) and this tree (lm_head's fp32 output, no row gather
-    # before the final norm in decode graphs), the anchor cases of bench_sgmv (the gather pair where the rule picks
+    # before the final norm in decode graphs, RoPE tables), the anchor cases of bench_sgmv (the gather pair where the rule picks
     # it); everything under $OUT packed into one archive at the end (the machine returns few files)
     timeout 280 $PYTEST -n 6 -rf tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
     run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py

@@ -244,6 +244,8 @@ class Engine:
         )
         num_blocks = config.num_kv_blocks or self._default_num_blocks(block_bytes)
         self.max_model_len = min(self.max_model_len, num_blocks * config.block_size)
+        # Positions stay below max_model_len; the margin covers a step computed past a sequence's end.
+        self.model.set_rope_tables(self.max_model_len + config.block_size)
         use_graphs = config.cuda_graphs and self.device.type == "cuda"
         self.kv_cache = KVCache(
             num_layers=mc.num_layers,

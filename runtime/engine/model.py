@@ -277,6 +277,17 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.rope_cos: torch.Tensor | None = None  # [max positions, D] from set_rope_tables, else computed per step
+        self.rope_sin: torch.Tensor | None = None
+
+    def set_rope_tables(self, max_positions: int) -> None:
+        """Tabulate cos and sin of every position below max_positions (the engine's max_model_len) in the model's
+        dtype, computed as embed would compute them (the same values): a step then gathers its rows, two kernels
+        instead of the six that compute them. Positions at or past max_positions must not reach embed."""
+        freqs = torch.arange(max_positions, device=self.inv_freq.device).float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        dtype = self.embed_tokens.weight.dtype
+        self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
     def lora_layers(self, layer: int) -> tuple[LoRALinear, LoRALinear, LoRALinear, LoRALinear]:
         """The wrappers of one block in LORA_PROJECTIONS order: qkv (3 slices), o, gate_up (2), down."""
@@ -301,9 +312,11 @@ class Transformer(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(embeddings [T, hidden], cos [T, D], sin [T, D]) of the tokens at their positions."""
+        x = self.embed_tokens(input_ids)
+        if self.rope_cos is not None:
+            return x, self.rope_cos[positions], self.rope_sin[positions]
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
-        x = self.embed_tokens(input_ids)
         return x, emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
     def logits(self, x: torch.Tensor, residual: torch.Tensor, logits_indices: torch.Tensor | None) -> torch.Tensor:

@@ -195,3 +195,24 @@ def test_config_formats_and_rope_scaling():
         ModelConfig.from_hf({**common, "rope_scaling": {"type": "yarn", "factor": 4.0}})
     with pytest.raises(ValueError, match="model_type"):
         ModelConfig.from_hf({**common, "model_type": "gpt2"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_tables_give_the_computed_values(dtype):
+    """Model.set_rope_tables (the engine sets it to max_model_len) gathers what embed computes otherwise, bit for
+    bit, Llama-3 RoPE scaling included."""
+    from loraledger.runtime.engine.model import ModelConfig, random_model
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}  # fmt: skip
+    config = ModelConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_layers=1, num_heads=4,
+                         num_kv_heads=2, head_dim=16, max_position_embeddings=4096, rope_scaling=scaling)  # fmt: skip
+    model = random_model(config, device=torch.device("cpu"), dtype=dtype)
+    ids = torch.randint(0, 50, (37,))
+    positions = torch.randint(0, 700, (37,))
+    want = model.embed(ids, positions)
+    model.set_rope_tables(700)
+    got = model.embed(ids, positions)
+    assert model.rope_cos.shape == (700, 16) and model.rope_cos.dtype == dtype
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(w, g)
