@@ -368,6 +368,11 @@ elif [[ "${PART}" == 37 ]]; then  # sixth session, call 4: every kernel GPU test
     (cd benchmarks/kernels && run sgmv_anchors 200 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     grep -E "^\[" "$OUT/sgmv_anchors.log" | tail -n 20
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
+elif [[ "${PART}" == 38 ]]; then  # sixth session, call 5: a second 60 s S-LoRA window at 8B on this tree
+    run serving_slora_8b_60s 400 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
+        --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
+    grep -A8 "^## serving" "$OUT/serving_slora_8b_60s.log" | tail -n 9
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
