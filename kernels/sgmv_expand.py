@@ -9,7 +9,7 @@ import triton.language as tl
 from .configs import SgmvConfig, num_sms
 from .meta import LoraMeta
 
-__all__ = ["b_vector", "sgmv_expand", "split_group"]
+__all__ = ["b_vector", "column_slice", "sgmv_expand", "slice_ptr", "split_group"]
 
 
 def b_vector(b: torch.Tensor) -> int:
@@ -23,6 +23,46 @@ def b_vector(b: torch.Tensor) -> int:
 def split_group(split_k: int) -> int:
     """Splits the expand sums per unrolled group of loads (all in flight at once): at most 16."""
     return min(split_k, 16)
+
+
+@triton.jit
+def slice_ptr(sl, p0, p1, p2, NUM_SLICES: tl.constexpr):
+    """Slice sl's tensor of up to three (p1, p2 unused below NUM_SLICES slices), by branches on sl."""
+    p = p0
+    if NUM_SLICES > 1:
+        if sl == 1:
+            p = p1
+    if NUM_SLICES > 2:
+        if sl == 2:
+            p = p2
+    return p
+
+
+@triton.jit
+def column_slice(
+    g,  # a column group (or block) index over every slice's groups
+    b0_ptr,
+    b1_ptr,
+    b2_ptr,
+    stride_b0s,
+    stride_b1s,
+    stride_b2s,
+    N0: tl.constexpr,
+    N1: tl.constexpr,
+    N2: tl.constexpr,
+    G0: tl.constexpr,
+    G1: tl.constexpr,
+    NUM_SLICES: tl.constexpr,
+):
+    """The slice that column group g falls in (groups run slice by slice: [0, G0) is slice 0, then G1 groups of
+    slice 1, then slice 2's): (slice, its B, B's slot stride, its width, its first column in y, g within it)."""
+    sl = tl.where(g >= G0, 1, 0) + tl.where(g >= G0 + G1, 1, 0)
+    b_ptr = slice_ptr(sl, b0_ptr, b1_ptr, b2_ptr, NUM_SLICES)
+    stride_bs = tl.where(sl == 0, stride_b0s, tl.where(sl == 1, stride_b1s, stride_b2s))
+    n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
+    n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
+    g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+    return sl, b_ptr, stride_bs, n_size, n_off, g
 
 
 @triton.jit
@@ -104,20 +144,8 @@ def _sgmv_expand_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     for w in range(tl.program_id(0), max_items, tl.num_programs(0)):
         tile = w // groups
-        g = w % groups
-        # Column groups run slice by slice: g in [0, G0) is slice 0, then G1 groups of slice 1, ...
-        sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
-        b_ptr = b0_ptr
-        if NUM_SLICES > 1:
-            if sl == 1:
-                b_ptr = b1_ptr
-        if NUM_SLICES > 2:
-            if sl == 2:
-                b_ptr = b2_ptr
-        stride_bs = tl.where(sl == 0, stride_b0s, tl.where(sl == 1, stride_b1s, stride_b2s))
-        n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
-        n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
-        g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+        sl, b_ptr, stride_bs, n_size, n_off, g = column_slice(w % groups, b0_ptr, b1_ptr, b2_ptr, stride_b0s,
+                                                               stride_b1s, stride_b2s, N0, N1, N2, G0, G1, NUM_SLICES)
         live = tile < num_tiles  # records past num_tiles are stale: mask every load through them
         slot = tl.load(tile_slot_ptr + tile)
         pos = tl.load(tile_start_ptr + tile) + offs_t

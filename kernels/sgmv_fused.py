@@ -8,7 +8,7 @@ import triton.language as tl
 
 from .configs import FusedConfig, fused_group_width
 from .meta import LoraMeta
-from .sgmv_expand import b_vector
+from .sgmv_expand import b_vector, column_slice, slice_ptr
 
 __all__ = ["sgmv_fused"]
 
@@ -75,21 +75,9 @@ def _sgmv_fused_kernel(
     start = tl.load(tile_start_ptr + tile)
     end = tl.load(tile_end_ptr + tile)
     if tile < num_tiles:  # records past num_tiles are stale: nothing below may read through them
-        sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
-        a_ptr = a0_ptr
-        b_ptr = b0_ptr
-        if NUM_SLICES > 1:
-            if sl == 1:
-                a_ptr = a1_ptr
-                b_ptr = b1_ptr
-        if NUM_SLICES > 2:
-            if sl == 2:
-                a_ptr = a2_ptr
-                b_ptr = b2_ptr
-        stride_bs = tl.where(sl == 0, stride_b0s, tl.where(sl == 1, stride_b1s, stride_b2s))
-        n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
-        n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
-        g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+        sl, b_ptr, stride_bs, n_size, n_off, g = column_slice(g, b0_ptr, b1_ptr, b2_ptr, stride_b0s, stride_b1s,
+                                                              stride_b2s, N0, N1, N2, G0, G1, NUM_SLICES)
+        a_ptr = slice_ptr(sl, a0_ptr, a1_ptr, a2_ptr, NUM_SLICES)
         rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot)
         offs_t = tl.arange(0, BLOCK_T)
         offs_r = tl.arange(0, BLOCK_R)

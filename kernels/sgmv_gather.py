@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .configs import GatherConfig
-from .sgmv_expand import b_vector
+from .sgmv_expand import b_vector, column_slice, slice_ptr
 
 __all__ = ["gather_plan", "sgmv_gather"]
 
@@ -73,13 +73,7 @@ def _gather_shrink_kernel(
     slot = tl.where(has, slot, 0).to(tl.int64)
     rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=has, other=0)  # [TOKENS]
     live = rank > 0
-    a_ptr = a0_ptr
-    if NUM_SLICES > 1:
-        if sl == 1:
-            a_ptr = a1_ptr
-    if NUM_SLICES > 2:
-        if sl == 2:
-            a_ptr = a2_ptr
+    a_ptr = slice_ptr(sl, a0_ptr, a1_ptr, a2_ptr, NUM_SLICES)
     k0 = split * K_CHUNK
     x_ptrs = x_ptr + offs_t.to(tl.int64)[:, None] * stride_xt + (k0 + offs_k)[None, :] * stride_xk
     a_ptrs = (
@@ -144,19 +138,8 @@ def _gather_expand_kernel(
     offs_t = tl.program_id(1) * TOKENS + tl.arange(0, TOKENS)
     offs_r = tl.arange(0, BLOCK_R)
     offs_n = tl.arange(0, BLOCK_N)
-    # Column blocks run slice by slice: g in [0, G0) is slice 0, then G1 blocks of slice 1, ...
-    sl = (g >= G0).to(tl.int32) + (g >= G0 + G1).to(tl.int32)
-    b_ptr = b0_ptr
-    if NUM_SLICES > 1:
-        if sl == 1:
-            b_ptr = b1_ptr
-    if NUM_SLICES > 2:
-        if sl == 2:
-            b_ptr = b2_ptr
-    stride_bs = tl.where(sl == 0, stride_b0s, tl.where(sl == 1, stride_b1s, stride_b2s))
-    n_size = tl.where(sl == 0, N0, tl.where(sl == 1, N1, N2))
-    n_off = tl.where(sl == 0, 0, tl.where(sl == 1, N0, N0 + N1))
-    g -= tl.where(sl == 0, 0, tl.where(sl == 1, G0, G0 + G1))
+    sl, b_ptr, stride_bs, n_size, n_off, g = column_slice(g, b0_ptr, b1_ptr, b2_ptr, stride_b0s, stride_b1s,
+                                                           stride_b2s, N0, N1, N2, G0, G1, NUM_SLICES)
     t_in = offs_t < T
     slot = tl.load(slots_ptr + offs_t, mask=t_in, other=-1)
     has = slot >= 0

@@ -8,6 +8,7 @@ import triton.language as tl
 
 from .configs import SgmvConfig, num_sms, shrink_stages
 from .meta import LoraMeta
+from .sgmv_expand import slice_ptr
 
 __all__ = ["MAX_SPLITS", "sgmv_shrink", "split_plan"]
 
@@ -74,13 +75,7 @@ def _shrink_item(
     rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot, mask=live, other=0)
     tok = tl.load(token_order_ptr + pos, mask=t_mask, other=0).to(tl.int64)
     if rank > 0:
-        a_ptr = a0_ptr
-        if NUM_SLICES > 1:
-            if sl == 1:
-                a_ptr = a1_ptr
-        if NUM_SLICES > 2:
-            if sl == 2:
-                a_ptr = a2_ptr
+        a_ptr = slice_ptr(sl, a0_ptr, a1_ptr, a2_ptr, NUM_SLICES)
         r_mask = offs_r < rank
         k0 = split * K_CHUNK
         x_ptrs = x_ptr + tok[:, None] * stride_xt + (k0 + offs_k)[None, :] * stride_xk
