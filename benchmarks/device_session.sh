@@ -373,6 +373,11 @@ elif [[ "${PART}" == 38 ]]; then  # sixth session, call 5: a second 60 s S-LoRA 
         --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
     grep -A8 "^## serving" "$OUT/serving_slora_8b_60s.log" | tail -n 9
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
+elif [[ "${PART}" == 39 ]]; then  # sixth session, call 6: the kernel and engine GPU tests on the final tree
+    timeout 200 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
+    run tests_engine 150 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_kernels.log" "$OUT/tests_engine.log"
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
