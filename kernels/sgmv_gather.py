@@ -7,7 +7,9 @@ token: the dot works on one row of sixteen and each work item waits on a chain o
 record, then rank and token, then data) before its few kilobytes move. Here a program's loads depend on one
 round (the tokens' slots) and move [tokens, rows, K chunk] of A or [tokens, columns, rank] of B at once;
 the products are fp32 multiply-adds over registers. Tokens that share an adapter read its rows more than
-once, from L2 after the first: the path is for batches of few tokens (configs.GatherConfig.max_tokens).
+once, from L2 after the first: the path is for small batches whose tokens mostly have adapters of their own
+(configs.prefers_gather: at most GatherConfig.max_tokens tokens, distinct adapters at least min_adapter_share
+of them).
 """
 
 from __future__ import annotations
