@@ -319,18 +319,17 @@ elif [[ "${PART}" == 34 ]]; then  # sixth session, call 1: the token-gather pair
     grep -v "^\[" "$OUT/sweep_gather.log" | tail -n 30
 elif [[ "${PART}" == 35 ]]; then  # sixth session, call 2: the gather path's GPU tests (kernels, the engine's graphs
     # with it), then the decode step at 8B (no LoRA, S-LoRA and Punica, B 64) with the gather path where the rule
-    # picks it and without it (LORALEDGER_SGMV_GATHER=0)
+    # picks it and without it (--no-gather)
     timeout 200 $PYTEST -n 4 -rf tests/gpu/test_kernels_gpu.py -k "gather or auto" >"$OUT/tests_gather.log" 2>&1 &
     run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
     wait
     tail -n 3 "$OUT/tests_gather.log" "$OUT/tests_engine.log"
     for mode in gather tiles; do
-        [[ $mode == tiles ]] && export LORALEDGER_SGMV_GATHER=0
+        flag=""; [[ $mode == tiles ]] && flag=--no-gather  # (as run: LORALEDGER_SGMV_GATHER=0, since replaced)
         run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
-            --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
+            --batches 64 --context 512 --steps 10 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
         grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
     done
-    unset LORALEDGER_SGMV_GATHER
 elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests (decode graphs of three LoRA kinds;
     # lm_head's fp32 output), the 1B no-LoRA decode step with 63f81a3's package (carried .prev: lm_head in bf16, then
     # widened) and this tree, the 8B decode step's GPU time with and without the gather path, the S-LoRA window at 8B
@@ -343,12 +342,11 @@ elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests 
         --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b.json"
     grep "roofline .* ms" "$OUT/decode_step_1b_prev.log" "$OUT/decode_step_1b.log" | tail -n 8
     for mode in gather tiles; do
-        [[ $mode == tiles ]] && export LORALEDGER_SGMV_GATHER=0
+        flag=""; [[ $mode == tiles ]] && flag=--no-gather  # (as run: LORALEDGER_SGMV_GATHER=0, since replaced)
         run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
-            --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
+            --batches 64 --context 512 --steps 10 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
         grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
     done
-    unset LORALEDGER_SGMV_GATHER
     run serving_slora_8b_60s 330 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
     grep -i "tok/s\|ratio\|throughput" "$OUT/serving_slora_8b_60s.log" | tail -n 8

@@ -266,14 +266,10 @@ def prefers_gather(cfg: GatherConfig, num_tokens: int, num_adapters: int | None)
 
 @functools.lru_cache(maxsize=16)
 def gather_config(device: torch.device) -> GatherConfig:
-    """The token-gather path's config on device (CPU means the interpreter). LORALEDGER_SGMV_GATHER=0 (read
-    once) keeps it off, for side-by-side timings."""
+    """The token-gather path's config on device (CPU means the interpreter)."""
     if device.type != "cuda":
         return _INTERPRETER_GATHER
-    cfg = _SM90_GATHER if torch.cuda.get_device_capability(device)[0] == 9 else _DEFAULT_GATHER
-    if os.environ.get("LORALEDGER_SGMV_GATHER", "1") == "0":
-        return dataclasses.replace(cfg, max_tokens=0)
-    return cfg
+    return _SM90_GATHER if torch.cuda.get_device_capability(device)[0] == 9 else _DEFAULT_GATHER
 
 
 @functools.lru_cache(maxsize=16)

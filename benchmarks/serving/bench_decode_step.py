@@ -233,6 +233,8 @@ def main() -> None:
     p.add_argument("--fill-timeout-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="split each step's GPU time by kernel (torch.profiler)")
+    p.add_argument("--no-gather", action="store_true", help="EngineConfig(lora_gather_kernels=False): the tile "
+                   "LoRA kernels in every step (side-by-side timings)")
     p.add_argument("--no-overlap", action="store_true", help="EngineConfig(overlap_decode=False): every step's "
                    "tokens read before the next step is launched")
     p.add_argument("--json", type=Path)
@@ -279,6 +281,7 @@ def main() -> None:
             lora_targets=targets,
             cpu_adapter_cache_bytes=1 << 40,  # in-memory adapters stay on the host tier anyway
             **({"overlap_decode": False} if args.no_overlap else {}),  # (an engine before it has no such field)
+            **({"lora_gather_kernels": False} if args.no_gather else {}),
         )
         engine = Engine(model, None, cfg)
         ids = [f"{layout}{i}" for i in range(batches[-1])] if with_lora else []

@@ -159,8 +159,10 @@ class DecodeGraphs(CapturedBuckets):
         max_context_len: int,  # bounds every context length: fixes the attention's split count
         capture: bool,
         device: torch.device,
+        gather_kernels: bool = True,  # steps of mostly distinct adapters may take the token-gather LoRA kernels
     ):
         self.model = model
+        self.gather_kernels = gather_kernels
         self.kv_cache = kv_cache
         self.buckets = decode_buckets(max_batch)
         self.max_batch = max_batch
@@ -270,11 +272,11 @@ class DecodeGraphs(CapturedBuckets):
         adapters = len({s for s in lora_slots if s >= 0})
         if not adapters:
             return "base"
-        return "gather" if prefers_gather(bucket, adapters, self.device) else "tiles"
+        return "gather" if self.gather_kernels and prefers_gather(bucket, adapters, self.device) else "tiles"
 
     def lora_kinds(self, bucket: int) -> tuple[str, ...]:
         kinds = ("base", "tiles")
-        return (*kinds, "gather") if prefers_gather(bucket, bucket, self.device) else kinds
+        return (*kinds, "gather") if self.gather_kernels and prefers_gather(bucket, bucket, self.device) else kinds
 
     def run_model(self, bucket: int, lora_kind: str) -> torch.Tensor:
         """The model over the static buffers of one bucket with one LoRA kind (what the graph captures)."""

@@ -89,6 +89,9 @@ class EngineConfig:
     # In steady decoding, launch step N+1 (its input tokens taken on the device from step N's samples) before
     # reading step N's tokens back: the host's work per step overlaps the device's (see the module docstring).
     overlap_decode: bool = True
+    # Steps of mostly distinct adapters take the token-gather LoRA kernels where kernels.prefers_gather picks
+    # them (small decode batches); False keeps the tile kernels everywhere (side-by-side timings).
+    lora_gather_kernels: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
         if self.dtype is not None:
@@ -275,6 +278,7 @@ class Engine:
                 max_context_len=self.max_model_len,
                 capture=True,
                 device=self.device,
+                gather_kernels=config.lora_gather_kernels,
             )
         self._mixed: MixedGraphs | None = None
         if use_graphs and config.piecewise_graphs:
@@ -616,7 +620,7 @@ class Engine:
             token_slots = slot_t.to(torch.int32)[token_seq]
             if build_lora:
                 adapters = len({s for s in slots if s >= 0})
-                gather = prefers_gather(token_slots.shape[0], adapters, self.device)
+                gather = self.config.lora_gather_kernels and prefers_gather(token_slots.shape[0], adapters, self.device)
                 lora = lora_batch(token_slots, self._lora_meta, gather=gather)
         return {
             "input_ids": ids,
