@@ -26,6 +26,17 @@ run() {
     echo "=== $name: exit $? at ${SECONDS}s"
 }
 PYTEST="$PY -m pytest --noconftest -q -p no:cacheprovider -m gpu"
+# The 8B decode step (no LoRA, S-LoRA, Punica; B 64) with the token-gather LoRA kernels where the rule picks them
+# and with the tile kernels everywhere (as run in the sixth session: LORALEDGER_SGMV_GATHER=0, since --no-gather).
+decode_8b_gather_ab() {
+    local mode flag
+    for mode in gather tiles; do
+        flag=""; [[ $mode == tiles ]] && flag=--no-gather
+        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
+            --batches 64 --context 512 --steps 10 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
+        grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
+    done
+}
 if [[ "${PART:-1}" == 1 ]]; then
     timeout 230 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
     run tests_fused 120 $PYTEST -x tests/gpu/test_fused_ops_gpu.py
@@ -324,12 +335,7 @@ elif [[ "${PART}" == 35 ]]; then  # sixth session, call 2: the gather path's GPU
     run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
     wait
     tail -n 3 "$OUT/tests_gather.log" "$OUT/tests_engine.log"
-    for mode in gather tiles; do
-        flag=""; [[ $mode == tiles ]] && flag=--no-gather  # (as run: LORALEDGER_SGMV_GATHER=0, since replaced)
-        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
-            --batches 64 --context 512 --steps 10 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
-        grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
-    done
+    decode_8b_gather_ab
 elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests (decode graphs of three LoRA kinds;
     # lm_head's fp32 output), the 1B no-LoRA decode step with 63f81a3's package (carried .prev: lm_head in bf16, then
     # widened) and this tree, the 8B decode step's GPU time with and without the gather path, the S-LoRA window at 8B
@@ -341,12 +347,7 @@ elif [[ "${PART}" == 36 ]]; then  # sixth session, call 3: the engine GPU tests 
     run decode_step_1b 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
         --batches 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b.json"
     grep "roofline .* ms" "$OUT/decode_step_1b_prev.log" "$OUT/decode_step_1b.log" | tail -n 8
-    for mode in gather tiles; do
-        flag=""; [[ $mode == tiles ]] && flag=--no-gather  # (as run: LORALEDGER_SGMV_GATHER=0, since replaced)
-        run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica \
-            --batches 64 --context 512 --steps 10 --replays 20 $flag --json "$OUT/decode_step_8b_$mode.json"
-        grep "roofline .* ms" "$OUT/decode_step_8b_$mode.log" | tail -n 4
-    done
+    decode_8b_gather_ab
     run serving_slora_8b_60s 330 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
     grep -i "tok/s\|ratio\|throughput" "$OUT/serving_slora_8b_60s.log" | tail -n 8

@@ -74,9 +74,10 @@ class LoraMeta:
         an optional host-side bound on the number of distinct slots >= 0 in token_slots (the engine knows
         it from its scheduler): it tightens the launch grids and lets the kernels' dispatch pick one
         launch, or the token-gather pair, where that pays (the gather rule reads it as the count: a loose
-        bound may pick that pair for a batch whose tokens share adapters, correct but slower). It is trusted, not checked (that would need a host sync): an under-count
-        leaves tokens without their LoRA; under CUDA-graph replay it must hold for every replayed batch.
-        Slots are not range-checked either: a slot >= the pool's size is the caller's bug.
+        bound may pick that pair for a batch whose tokens share adapters, correct but slower). It is
+        trusted, not checked (that would need a host sync): an under-count leaves tokens without their
+        LoRA; under CUDA-graph replay it must hold for every replayed batch. Slots are not range-checked
+        either: a slot >= the pool's size is the caller's bug.
         """
         if num_adapters is not None and num_adapters < 0:
             raise ValueError(f"num_adapters must be >= 0, got {num_adapters}")

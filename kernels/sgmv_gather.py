@@ -123,8 +123,7 @@ def _gather_expand_kernel(
     N1: tl.constexpr,
     N2: tl.constexpr,
     G0: tl.constexpr,  # column blocks of slice 0
-    G1: tl.constexpr,
-    G2: tl.constexpr,
+    G1: tl.constexpr,  # of slice 1 (slice 2's follow)
     EVEN_N: tl.constexpr,  # every N_i is a multiple of BLOCK_N: no column masks
     NUM_SLICES: tl.constexpr,
     SPLIT_K: tl.constexpr,
@@ -189,7 +188,7 @@ def sgmv_gather(
     cfg: GatherConfig,
 ) -> torch.Tensor:
     """The shrink then the expand, both gathering per token (a programmatic dependent launch where cfg.pdl
-    and the device allow), on inputs that sgmv.prepare checked; returns y."""
+    and the device allow), on inputs that sgmv.check_inputs checked; returns y."""
     t, k = x.shape
     if t == 0:
         return y
@@ -218,7 +217,7 @@ def sgmv_gather(
         y, b0, b1, b2, ranks, scales, token_slots, ws, t,
         y.stride(0), y.stride(1), b0.stride(0), b1.stride(0), b2.stride(0), b0.stride(1), b0.stride(2),
         ranks.stride(0),
-        N0=widths[0], N1=widths[1], N2=widths[2], G0=groups[0], G1=groups[1], G2=groups[2],
+        N0=widths[0], N1=widths[1], N2=widths[2], G0=groups[0], G1=groups[1],
         EVEN_N=all(n % block_n == 0 for n in widths), NUM_SLICES=num_slices, SPLIT_K=split_k,
         TOKENS=cfg.expand_tokens, BLOCK_R=block_r, R_VEC=r_vec, BLOCK_N=block_n, PDL_WAIT=pdl,
         num_warps=cfg.expand_warps, **({"launch_pdl": True} if pdl else {}),

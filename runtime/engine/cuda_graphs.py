@@ -272,11 +272,15 @@ class DecodeGraphs(CapturedBuckets):
         adapters = len({s for s in lora_slots if s >= 0})
         if not adapters:
             return "base"
-        return "gather" if self.gather_kernels and prefers_gather(bucket, adapters, self.device) else "tiles"
+        return "gather" if self._gathers(bucket, adapters) else "tiles"
 
     def lora_kinds(self, bucket: int) -> tuple[str, ...]:
         kinds = ("base", "tiles")
-        return (*kinds, "gather") if self.gather_kernels and prefers_gather(bucket, bucket, self.device) else kinds
+        return (*kinds, "gather") if self._gathers(bucket, bucket) else kinds
+
+    def _gathers(self, bucket: int, adapters: int) -> bool:
+        """Whether a step of `adapters` distinct adapters padded to bucket takes the token-gather kernels."""
+        return self.gather_kernels and prefers_gather(bucket, adapters, self.device)
 
     def run_model(self, bucket: int, lora_kind: str) -> torch.Tensor:
         """The model over the static buffers of one bucket with one LoRA kind (what the graph captures)."""

@@ -136,7 +136,7 @@ def make_inputs(
 
 def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
     """Run the public operator ("auto"), or force the whole-K launch ("one"), split-K in two ("two") or in
-    one cooperative launch ("coop"), on inp in place."""
+    one cooperative launch ("coop"), or the token-gather pair ("gather"), on inp in place."""
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
     from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
