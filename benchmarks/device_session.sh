@@ -377,6 +377,38 @@ elif [[ "${PART}" == 39 ]]; then  # sixth session, call 6: the kernel and engine
     run tests_engine 150 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
     wait
     tail -n 3 "$OUT/tests_kernels.log" "$OUT/tests_engine.log"
+elif [[ "${PART}" == 40 ]]; then  # seventh session, call 1: PDL for the decoder's own kernels (kernels/pdl.py). Their
+    # GPU tests (fused ops, paged attention, split-K matmul, the PDL chain in a graph) and the engine's, then the
+    # decode step side by side with 1fc9995's package (carried .prev: no PDL), twice in alternation at 1B (no LoRA,
+    # B 64/128/256; S-LoRA and Punica at B 64) and once at 8B (B 64), and where the 1B B 64 step's time goes on both
+    timeout 280 $PYTEST -n 4 -rf tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py \
+        tests/gpu/test_skinny_matmul_gpu.py tests/gpu/test_pdl_gpu.py >"$OUT/tests_ops.log" 2>&1 &
+    run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_ops.log" "$OUT/tests_engine.log"
+    for round in 1 2; do
+        for tree in prev pdl; do
+            pp=""; [[ $tree == prev ]] && pp=$PWD/.prev
+            PYTHONPATH=$pp${pp:+:}$PYTHONPATH run decode_step_1b_${tree}_$round 120 $PY $B/bench_decode_step.py \
+                --preset llama-3.2-1b --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 40 \
+                --json "$OUT/decode_step_1b_${tree}_$round.json"
+            grep "roofline .* ms" "$OUT/decode_step_1b_${tree}_$round.log" | tail -n 3
+        done
+    done
+    for tree in prev pdl; do
+        pp=""; [[ $tree == prev ]] && pp=$PWD/.prev
+        PYTHONPATH=$pp${pp:+:}$PYTHONPATH run decode_step_1b_lora_$tree 150 $PY $B/bench_decode_step.py \
+            --preset llama-3.2-1b --settings slora punica --batches 64 --context 512 --steps 10 --replays 40 \
+            --json "$OUT/decode_step_1b_lora_$tree.json"
+        PYTHONPATH=$pp${pp:+:}$PYTHONPATH run decode_step_1b_profile_$tree 120 $PY $B/bench_decode_step.py \
+            --preset llama-3.2-1b --settings nolora --batches 64 --context 512 --steps 10 --replays 40 --profile \
+            --json "$OUT/decode_step_1b_profile_$tree.json"
+        PYTHONPATH=$pp${pp:+:}$PYTHONPATH run decode_step_8b_$tree 200 $PY $B/bench_decode_step.py \
+            --preset llama-3-8b --settings nolora slora punica --batches 64 --context 512 --steps 10 --replays 20 \
+            --json "$OUT/decode_step_8b_$tree.json"
+        grep "roofline .* ms" "$OUT/decode_step_1b_lora_$tree.log" "$OUT/decode_step_8b_$tree.log" | tail -n 6
+    done
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &

@@ -19,6 +19,7 @@ __all__ = [
     "gather_config",
     "hopper_gather_config",
     "hopper_sgmv_config",
+    "launches_pdl",
     "prefers_fused",
     "prefers_gather",
     "sgmv_config",
@@ -319,6 +320,15 @@ def shrink_stages(cfg: SgmvConfig, block_t: int, block_r: int, block_k: int, ele
 def block_t_for(num_tokens: int, device: torch.device) -> int:
     """Tokens per tile for a batch of num_tokens on device: the metadata builder's default."""
     return sgmv_config(num_tokens, device).block_t
+
+
+@functools.lru_cache(maxsize=16)
+def launches_pdl(device: torch.device) -> bool:
+    """Whether the decoder's own kernels (the fused elementwise operators, paged attention, the split-K
+    matmul) launch as programmatic dependent launches on device: Hopper and later. Such a kernel may start
+    while the kernel before it in the stream finishes; it waits for it (griddepcontrol.wait) before its first
+    load, so only its launch and set-up overlap. Never on the interpreter."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 @functools.lru_cache(maxsize=16)

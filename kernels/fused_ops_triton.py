@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .configs import launches_pdl
+
 __all__ = ["launch_rms_norm", "launch_rope_and_cache", "launch_silu_and_mul"]
 
 _MAX_ROW = 65536  # RMSNorm holds one row in registers
@@ -30,9 +33,11 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,  # next power of two >= n_cols
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
     """Semantics: for each row t: h = x[t] (+ residual[t], rounded, stored back to residual[t]);
     out[t] = weight * round(h * rsqrt(mean(h^2) + eps)), fp32 inside."""
+    pdl.enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     mask = offs < n_cols
@@ -62,6 +67,7 @@ def launch_rms_norm(
     if t == 0:
         return
     block_n = triton.next_power_of_2(n)
+    use_pdl = launches_pdl(x.device)
     _rms_norm_kernel[(t,)](
         x,
         x if residual is None else residual,
@@ -74,7 +80,9 @@ def launch_rms_norm(
         eps,
         HAS_RESIDUAL=residual is not None,
         BLOCK_N=block_n,
+        PDL=use_pdl,
         num_warps=min(16, max(4, block_n // 512)),
+        **pdl.launch_options(use_pdl),
     )
 
 
@@ -86,8 +94,10 @@ def _silu_and_mul_kernel(
     stride_gu,
     n_cols,  # I
     BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
     """Semantics: out[t, i] = round(round(silu(gate_up[t, i])) * gate_up[t, I + i]), fp32 inside."""
+    pdl.enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = offs < n_cols
@@ -104,8 +114,10 @@ def launch_silu_and_mul(out: torch.Tensor, gate_up: torch.Tensor) -> None:
     if t == 0 or i == 0:
         return
     block_n = min(1024, triton.next_power_of_2(i))
+    use_pdl = launches_pdl(out.device)
     _silu_and_mul_kernel[(t, triton.cdiv(i, block_n))](
-        out, gate_up, out.stride(0), gate_up.stride(0), i, BLOCK_N=block_n, num_warps=4
+        out, gate_up, out.stride(0), gate_up.stride(0), i, BLOCK_N=block_n, PDL=use_pdl, num_warps=4,
+        **pdl.launch_options(use_pdl),
     )
 
 
@@ -135,12 +147,14 @@ def _rope_and_cache_kernel(
     WRITE_CACHE: tl.constexpr,
     BLOCK_H: tl.constexpr,  # heads per program
     BLOCK_HALF: tl.constexpr,  # next power of two >= HEAD_DIM / 2
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
     """Semantics: for token t and head h (x = qk[t, h], x1/x2 its halves, c/s = cos/sin[t, :HEAD_DIM/2]):
     ROTATE: qk[t, h] = (x1 c - x2 s, x2 c + x1 s) (HF's x * cos + rotate_half(x) * sin, each product
     rounded to the dtype like torch's);
     WRITE_CACHE: k_cache[slot[t], g] = qk[t, QK_HEADS - KV_HEADS + g] (after rotation),
     v_cache[slot[t], g] = v[t, g]. Program (t, b) covers heads [b BLOCK_H, (b + 1) BLOCK_H)."""
+    pdl.enter(PDL)
     tok = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]
     offs_d = tl.arange(0, BLOCK_HALF)
@@ -196,6 +210,7 @@ def launch_rope_and_cache(
     block_half = triton.next_power_of_2(head_dim // 2)
     block_h = min(triton.next_power_of_2(qk_heads), max(1, 2048 // block_half))
     dummy = qk  # stands in for the pointers a disabled branch never reads
+    use_pdl = launches_pdl(qk.device)
     _rope_and_cache_kernel[(t, triton.cdiv(qk_heads, block_h))](
         qk,
         v if write else dummy,
@@ -221,5 +236,7 @@ def launch_rope_and_cache(
         WRITE_CACHE=write,
         BLOCK_H=block_h,
         BLOCK_HALF=block_half,
+        PDL=use_pdl,
         num_warps=4,
+        **pdl.launch_options(use_pdl),
     )

@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import num_sms
+from . import pdl
+from .configs import launches_pdl, num_sms
 
 __all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "paged_attention"]
 
@@ -48,6 +49,7 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per tile
     BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dots, not tf32
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
     """Semantics: for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
     keys j in [lo, context_len[b]) with lo = max(0, context_len[b] - sliding_window) (0 without a
@@ -55,6 +57,7 @@ def _paged_attention_kernel(
     out[b, h] = softmax_j(scale * q[b, h] . k_j) @ v_j over all j (one split), or split s's share of the
     key tiles as an unnormalised partial with its max and sum (several splits, combined by the reduce).
     Only keys below context_len are read, and only the block-table entries that hold them."""
+    pdl.enter(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -135,9 +138,11 @@ def _paged_attention_reduce_kernel(
     NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,  # next power of two >= NUM_SPLITS
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
     """Semantics: out[b, h] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s
     (zeros when every split is empty)."""
+    pdl.enter(PDL)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -216,6 +221,7 @@ def paged_attention(
         launch["num_warps"] = num_warps
     if num_stages is not None:
         launch["num_stages"] = num_stages
+    use_pdl = launches_pdl(q.device)
     _paged_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         out,
         part_acc,
@@ -246,7 +252,9 @@ def paged_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         IEEE_DOT=q.dtype == torch.float32,
+        PDL=use_pdl,
         **launch,
+        **pdl.launch_options(use_pdl),
     )
     if num_splits > 1:
         _paged_attention_reduce_kernel[(num_seqs, num_heads)](
@@ -259,6 +267,8 @@ def paged_attention(
             NUM_SPLITS=num_splits,
             BLOCK_S=triton.next_power_of_2(num_splits),
             BLOCK_D=block_d,
+            PDL=use_pdl,
+            **pdl.launch_options(use_pdl),
         )
     return out
 

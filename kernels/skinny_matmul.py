@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import SkinnyConfig
+from . import pdl
+from .configs import SkinnyConfig, launches_pdl
 
 __all__ = ["MAX_TILES", "skinny_matmul"]
 
@@ -49,7 +50,9 @@ def _skinny_matmul_kernel(
     BLOCK_K: tl.constexpr,
     STAGES: tl.constexpr,
     IEEE_DOT: tl.constexpr,
+    PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
+    pdl.enter(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -94,7 +97,9 @@ def _skinny_matmul_kernel(
             for j in range(SPLIT_K):  # split order, whoever arrived last: the same sums every launch
                 total += tl.load(tile_ws + j * (BLOCK_M * BLOCK_N) + offs_tile, cache_modifier=".cg")
             _finish(total, bias_ptr, y_ptrs, y_mask, offs_n, n_mask, HAS_BIAS)
-            tl.atomic_xchg(counters_ptr + tile, 0)  # zero again for the next launch (which starts after this one)
+            # Zero again for the next launch, which touches the counts only after this one has finished (a
+            # plain launch starts after it; a PDL launch waits for it first).
+            tl.atomic_xchg(counters_ptr + tile, 0)
 
 
 @triton.jit
@@ -153,6 +158,7 @@ def skinny_matmul(
     if split_k > 1 and grid[0] * grid[2] > MAX_TILES:
         raise ValueError(f"{grid[0] * grid[2]} output tiles to split, at most {MAX_TILES}")
     ws = x.new_empty((grid[0] * grid[2], split_k, block_m, cfg.block_n), dtype=torch.float32) if split_k > 1 else y
+    use_pdl = launches_pdl(x.device)
     _skinny_matmul_kernel[grid](
         x,
         weight,
@@ -176,6 +182,8 @@ def skinny_matmul(
         BLOCK_K=cfg.block_k,
         STAGES=stages,
         IEEE_DOT=x.dtype == torch.float32,
+        PDL=use_pdl,
         num_warps=cfg.warps,
+        **pdl.launch_options(use_pdl),
     )
     return y

@@ -76,7 +76,7 @@ def resources(cubin: bytes) -> dict:
 
 
 def ptx_counts(ptx: str) -> dict:
-    """Global loads and stores by width, async copies by size, tensor-core instructions."""
+    """Global loads and stores by width, async copies by size, tensor-core instructions, griddepcontrol (PDL)."""
     counts: dict[str, int] = {}
 
     def add(key: str, n: int = 1) -> None:
@@ -99,6 +99,8 @@ def ptx_counts(ptx: str) -> dict:
             add("wgmma")
         elif re.match(r"(?:@%p\d+ )?mma\.sync", line):
             add("mma.sync")
+        elif line.startswith("griddepcontrol."):
+            add(line.split(";")[0])
         elif re.match(r"(?:@%p\d+ )?atom\.", line):
             add("atomic")
     return dict(sorted(counts.items()))
@@ -116,7 +118,7 @@ def _cases() -> dict[str, Callable[[], object]]:
     """Launch wrappers on CPU tensors of real decode-step shapes (bf16)."""
     from loraledger.kernels import LoraMeta
     from loraledger.kernels.configs import _SM90_GATHER, fused_config, hopper_sgmv_config
-    from loraledger.kernels.fused_ops_triton import launch_rms_norm, launch_silu_and_mul
+    from loraledger.kernels.fused_ops_triton import launch_rms_norm, launch_rope_and_cache, launch_silu_and_mul
     from loraledger.kernels.paged_attention import paged_attention
     from loraledger.kernels.sgmv_coop import sgmv_coop
     from loraledger.kernels.sgmv_expand import sgmv_expand
@@ -190,7 +192,21 @@ def _cases() -> dict[str, Callable[[], object]]:
     cases["rms_norm 8B T64"] = lambda: launch_rms_norm(torch.empty_like(h), h, None, wn, 1e-5)
     gu = torch.randn(64, 2 * 14336, dtype=bf)
     cases["silu_and_mul 8B T64"] = lambda: launch_silu_and_mul(torch.empty(64, 14336, dtype=bf), gu)
+    qk = torch.randn(64, 40, 128, dtype=bf)
+    kv_cache = torch.randn(1024, 8, 128, dtype=bf)
+    rows = torch.randn(64, 128, dtype=bf)
+    slots = torch.arange(64)
+    cases["rope_and_cache 8B T64"] = lambda: launch_rope_and_cache(qk, qk[:, 32:], rows, rows, kv_cache, kv_cache, slots)
     return cases
+
+
+def _target_launches_pdl(arch: int) -> None:
+    """The decoder's kernels ask configs.launches_pdl of their tensors' device, here the CPU (no): answer for
+    the target instead, so their PDL variants are the ones compiled."""
+    from loraledger.kernels import fused_ops_triton, paged_attention, skinny_matmul
+
+    for module in (fused_ops_triton, paged_attention, skinny_matmul):
+        module.launches_pdl = lambda device: arch >= 90
 
 
 def main() -> None:
@@ -201,6 +217,7 @@ def main() -> None:
     args = p.parse_args()
     driver.set_active(_OfflineDriver(args.arch))
     JITFunction.run = _compile_only
+    _target_launches_pdl(args.arch)
     rows = []
     for name, launch in _cases().items():
         if args.only and not any(s in name for s in args.only.split(",")):
