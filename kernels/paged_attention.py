@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -9,12 +11,39 @@ import triton.language as tl
 from . import pdl
 from .configs import launches_pdl, num_sms
 
-__all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "paged_attention"]
+__all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "Rotary", "paged_attention"]
 
 _LOG2E = 1.4426950408889634
 _NO_WINDOW = 2**31 - 1
 SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)  # the split counts the default rule picks
 MANY_PROGRAMS = 1024  # sequences x KV heads from which narrow heads take the small-tile launch
+
+
+class Rotary(NamedTuple):
+    """The new token of each sequence, for paged_attention to rotate and cache before attending: its k and v
+    ([B, KV_H, D], D contiguous; k not rotated yet) and the RoPE tables' rows at its position ([B, D] in q's
+    dtype, both halves of a row equal: HF's cos/sin)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+@triton.jit
+def _rotated(rows_ptr, row_mask, offs_d, d_mask, c, s, HALF: tl.constexpr):
+    """RoPE of the rows starting at rows_ptr ([R] pointers; [R, BLOCK_D] out, x's dtype) with c, s the
+    [BLOCK_D] fp32 cos and sin of their position: x * cos + rotate_half(x) * sin, each product rounded to x's
+    dtype as torch rounds it (the values of kernels/fused_ops_triton.py's rotary)."""
+    mask = row_mask[:, None] & d_mask[None, :]
+    first = (offs_d < HALF)[None, :]
+    x = tl.load(rows_ptr[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    partner = tl.load(rows_ptr[:, None] + tl.where(offs_d < HALF, offs_d + HALF, offs_d - HALF)[None, :],
+                      mask=mask, other=0.0)  # fmt: skip
+    dtype = x.dtype
+    xc = (x.to(tl.float32) * c[None, :]).to(dtype).to(tl.float32)
+    ps = (partner.to(tl.float32) * s[None, :]).to(dtype).to(tl.float32)  # rounding is symmetric: -round(a) = round(-a)
+    return tl.where(first, xc - ps, xc + ps).to(dtype)
 
 
 # A block table's row stride is its width, which changes with the batch: unspecialised, one variant serves all.
@@ -23,11 +52,15 @@ def _paged_attention_kernel(
     out_ptr,  # [B, H, D] q's dtype; written when NUM_SPLITS == 1
     part_acc_ptr,  # [B, H, NUM_SPLITS, BLOCK_D] fp32 unnormalised partial outputs; written when NUM_SPLITS > 1
     part_ml_ptr,  # [B, H, NUM_SPLITS, 2] fp32 (running max in log2 units, sum of exponentials)
-    q_ptr,  # [B, H, D]
+    q_ptr,  # [B, H, D] (not rotated yet with ROTARY)
     k_cache_ptr,  # [num_blocks, KV_BLOCK_SIZE, KV_H, D]
     v_cache_ptr,  # [num_blocks, KV_BLOCK_SIZE, KV_H, D]
     block_tables_ptr,  # [B, max_blocks] integer
     context_lens_ptr,  # [B] integer
+    k_new_ptr,  # [B, KV_H, D] with ROTARY: each sequence's new key, not rotated yet
+    v_new_ptr,  # [B, KV_H, D] with ROTARY: its value
+    cos_ptr,  # [B, D] with ROTARY: cos at the new token's position (both halves equal)
+    sin_ptr,  # [B, D]
     qk_scale,  # softmax scale * log2(e)
     sliding_window,  # keys at positions >= context_len - sliding_window; no window: 2**31 - 1
     stride_qb,
@@ -41,6 +74,12 @@ def _paged_attention_kernel(
     stride_vt,
     stride_vh,
     stride_bt,
+    stride_knb,
+    stride_knh,
+    stride_vnb,
+    stride_vnh,
+    stride_cos,
+    stride_sin,
     HEAD_DIM: tl.constexpr,
     QUERIES_PER_KV: tl.constexpr,  # query heads sharing one KV head (GQA group)
     KV_BLOCK_SIZE: tl.constexpr,  # tokens per cache block (any positive integer)
@@ -49,9 +88,12 @@ def _paged_attention_kernel(
     BLOCK_N: tl.constexpr,  # keys per tile
     BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM
     IEEE_DOT: tl.constexpr,  # fp32 inputs: full-precision dots, not tf32
+    ROTARY: tl.constexpr,  # rotate q and the new key, write the new key and value to the cache, then attend
     PDL: tl.constexpr,  # launched with PDL (kernels/pdl.py)
 ):
-    """Semantics: for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
+    """Semantics: with ROTARY first, for L = context_len[b] > 0: q[b, h] and k_new[b, g] rotated by the
+    cos/sin rows of b (q in registers only), and k_cache / v_cache at key L - 1 (through the block table)
+    = rotated k_new[b, g] / v_new[b, g], written by the split that reads that key. Then for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
     keys j in [lo, context_len[b]) with lo = max(0, context_len[b] - sliding_window) (0 without a
     window), key j at k_cache[block_tables[b, j // KV_BLOCK_SIZE], j % KV_BLOCK_SIZE, g];
     out[b, h] = softmax_j(scale * q[b, h] . k_j) @ v_j over all j (one split), or split s's share of the
@@ -78,14 +120,32 @@ def _paged_attention_kernel(
     g_mask = offs_g < QUERIES_PER_KV
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * QUERIES_PER_KV + offs_g  # [BLOCK_G] query heads of this KV head
+    table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
 
-    q_ptrs = q_ptr + seq.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_G, BLOCK_D]
+    q_rows = q_ptr + seq.to(tl.int64) * stride_qb + heads * stride_qh  # [BLOCK_G]
+    if ROTARY:
+        cos_row = tl.load(cos_ptr + seq.to(tl.int64) * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        sin_row = tl.load(sin_ptr + seq.to(tl.int64) * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        q = _rotated(q_rows, g_mask, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [BLOCK_G, BLOCK_D]
+        last = ctx - 1  # the new key's position
+        if (ctx > 0) & (last // BLOCK_N >= tile_lo) & (last // BLOCK_N < tile_hi):
+            one = tl.arange(0, 1)
+            k_row = k_new_ptr + seq.to(tl.int64) * stride_knb + kv_head * stride_knh + one  # [1]
+            k_rot = _rotated(k_row, one == 0, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [1, BLOCK_D]
+            v_new = tl.load(v_new_ptr + seq.to(tl.int64) * stride_vnb + kv_head * stride_vnh + offs_d, mask=d_mask)
+            new_block = tl.load(table_row + last // KV_BLOCK_SIZE).to(tl.int64)
+            new_row = last % KV_BLOCK_SIZE
+            k_dst = k_cache_ptr + new_block * stride_kb + new_row * stride_kt + kv_head * stride_kh
+            v_dst = v_cache_ptr + new_block * stride_vb + new_row * stride_vt + kv_head * stride_vh
+            tl.store(k_dst + offs_d[None, :], k_rot.to(k_cache_ptr.dtype.element_ty), mask=d_mask[None, :])
+            tl.store(v_dst + offs_d, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
+        tl.debug_barrier()  # the key and value just written, visible to every thread that reads them below
+    else:
+        q = tl.load(q_rows[:, None] + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
 
     m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
     # Every tile of [tile_lo, tile_hi) holds at least one key in [lo, ctx): m_i is finite after the first.
     for tile in range(tile_lo, tile_hi):
         pos = tile * BLOCK_N + offs_n  # [BLOCK_N] key positions
@@ -162,7 +222,7 @@ def _paged_attention_reduce_kernel(
 
 
 def paged_attention(
-    q: torch.Tensor,  # [B, H, D] one query token per sequence (rotary applied); D contiguous
+    q: torch.Tensor,  # [B, H, D] one query token per sequence (rotary applied, unless `rotary`); D contiguous
     k_cache: torch.Tensor,  # [num_blocks, block_size, KV_H, D] one layer; D contiguous
     v_cache: torch.Tensor,  # [num_blocks, block_size, KV_H, D]
     block_tables: torch.Tensor,  # [B, max_blocks] int32/int64; entries past a sequence's blocks unread
@@ -175,8 +235,15 @@ def paged_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    rotary: Rotary | None = None,
 ) -> torch.Tensor:  # [B, H, D] q's dtype
     """Decode attention of each sequence's one query over its cached keys, through its block table.
+
+    With `rotary`, q and the new keys come as projected (not rotated) and the kernel does what a rotary +
+    KV-write launch would have done before it, in the same launch: it rotates q (in registers; q is not
+    written) and the new key, and writes the new key and value to the cache as key L - 1 of the sequence
+    (block_tables[b, (L - 1) // block_size], row (L - 1) % block_size), which the attention then includes.
+    Rows with L = 0 write nothing.
 
     Semantics: for each b, h: g = h // (H // KV_H), L = context_lens[b], keys j in
     [max(0, L - sliding_window), L); out[b, h] = softmax_j(scale * q[b, h] . K_b[j, g]) @ V_b[j, g],
@@ -197,6 +264,8 @@ def paged_attention(
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} do not fit q's head dim")
     if q.stride(2) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError("q, k_cache and v_cache need a contiguous head dim")
+    if rotary is not None:
+        _check_rotary(rotary, q, num_kv_heads)
     out = torch.empty((num_seqs, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_seqs == 0:
         return out
@@ -231,6 +300,7 @@ def paged_attention(
         v_cache,
         block_tables,
         context_lens,
+        *((rotary.k, rotary.v, rotary.cos, rotary.sin) if rotary is not None else (q, q, q, q)),
         scale * _LOG2E,
         sliding_window or _NO_WINDOW,
         q.stride(0),
@@ -244,6 +314,8 @@ def paged_attention(
         v_cache.stride(1),
         v_cache.stride(2),
         block_tables.stride(0),
+        *((rotary.k.stride(0), rotary.k.stride(1), rotary.v.stride(0), rotary.v.stride(1), rotary.cos.stride(0),
+           rotary.sin.stride(0)) if rotary is not None else (0,) * 6),
         HEAD_DIM=head_dim,
         QUERIES_PER_KV=group,
         KV_BLOCK_SIZE=block_size,
@@ -252,6 +324,7 @@ def paged_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         IEEE_DOT=q.dtype == torch.float32,
+        ROTARY=rotary is not None,
         PDL=use_pdl,
         **launch,
         **pdl.launch_options(use_pdl),
@@ -271,6 +344,19 @@ def paged_attention(
             **pdl.launch_options(use_pdl),
         )
     return out
+
+
+def _check_rotary(rotary: Rotary, q: torch.Tensor, num_kv_heads: int) -> None:
+    num_seqs, _, head_dim = q.shape
+    if head_dim % 2:
+        raise ValueError(f"rotary needs an even head dim, got {head_dim}")
+    for name, t in (("k", rotary.k), ("v", rotary.v)):
+        if t.shape != (num_seqs, num_kv_heads, head_dim) or t.dtype != q.dtype or t.stride(2) != 1:
+            raise ValueError(f"rotary.{name} must be [{num_seqs}, {num_kv_heads}, {head_dim}] in {q.dtype} with a "
+                             f"contiguous head dim, got {tuple(t.shape)} {t.dtype}")
+    for name, t in (("cos", rotary.cos), ("sin", rotary.sin)):
+        if t.shape != (num_seqs, head_dim) or t.dtype != q.dtype or t.stride(1) != 1:
+            raise ValueError(f"rotary.{name} must be [{num_seqs}, {head_dim}] in {q.dtype}, got {tuple(t.shape)} {t.dtype}")
 
 
 def _default_num_splits(programs: int, max_context_len: int | None, block_n: int, device: torch.device) -> int:

@@ -119,7 +119,7 @@ def _cases() -> dict[str, Callable[[], object]]:
     from loraledger.kernels import LoraMeta
     from loraledger.kernels.configs import _SM90_GATHER, fused_config, hopper_sgmv_config
     from loraledger.kernels.fused_ops_triton import launch_rms_norm, launch_rope_and_cache, launch_silu_and_mul
-    from loraledger.kernels.paged_attention import paged_attention
+    from loraledger.kernels.paged_attention import Rotary, paged_attention
     from loraledger.kernels.sgmv_coop import sgmv_coop
     from loraledger.kernels.sgmv_expand import sgmv_expand
     from loraledger.kernels.sgmv_fused import sgmv_fused
@@ -183,9 +183,14 @@ def _cases() -> dict[str, Callable[[], object]]:
         lens = torch.full((b,), ctx, dtype=torch.int32)
         cases[f"paged attention {label}"] = lambda: paged_attention(q, kc, kc, tables, lens, dim**-0.5,
                                                                     max_context_len=ctx)  # fmt: skip
+        new = torch.randn(b, kv_heads, dim, dtype=bf)
+        rows = torch.randn(b, dim, dtype=bf)
+        cases[f"paged attention + rotary {label}"] = lambda: paged_attention(
+            q, kc, kc, tables, lens, dim**-0.5, max_context_len=ctx, rotary=Rotary(new, new, rows, rows))
 
     attention(64, 512, 32, 8, 128, "8B B64 ctx512")
     attention(128, 512, 32, 8, 64, "1B B128 ctx512")
+    attention(64, 512, 32, 8, 64, "1B B64 ctx512")
 
     h = torch.randn(64, 4096, dtype=bf)
     wn = torch.ones(4096, dtype=bf)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["AttentionMetadata", "paged_attention"]
+__all__ = ["AttentionMetadata", "fuses_decode_rotary", "paged_attention"]
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,23 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None,
+    rotary: tuple[torch.Tensor, ...] | None = None,
 ) -> torch.Tensor:  # [T, heads, D]
     """Causal attention of each sequence's new tokens over its cached context, through its block table.
+
+    `rotary` = (k, v, cos, sin) of the step's tokens, where fuses_decode_rotary says so: q and k come
+    unrotated, and the kernel rotates them and writes k and v to the cache before it attends.
 
     On CUDA, or on CPU under Triton's interpreter, the single-token rows (decodes) run the paged-attention
     kernel (kernels/paged_attention.py), which reads K/V through the block tables; the other rows
     (prefill chunks) take the torch path. On CPU every row takes the torch path.
     """
     d = meta.num_decode_rows
+    if rotary is not None and not fuses_decode_rotary(q, meta):
+        raise ValueError("rotary needs a step of decode rows only on the kernel path (fuses_decode_rotary)")
     if d == 0 or not _use_kernel(q):
         return _gathered_attention(q, k_cache, v_cache, meta, scale, sliding_window)
+    from loraledger.kernels.paged_attention import Rotary
     from loraledger.kernels.paged_attention import paged_attention as paged_decode_attention
 
     # Row t's one token is token t, at position context_lens[t] - 1.
@@ -92,11 +99,19 @@ def paged_attention(
         scale,
         sliding_window=sliding_window,
         max_context_len=meta.max_context_len,
+        rotary=None if rotary is None else Rotary(*rotary),
     )
     if d == meta.block_tables.shape[0]:
         return out
     prefill = _gathered_attention(q[d:], k_cache, v_cache, meta.prefill_rows, scale, sliding_window)
     return torch.cat((out, prefill))
+
+
+def fuses_decode_rotary(x: torch.Tensor, meta: AttentionMetadata) -> bool:
+    """Whether a step's rotary, KV write and attention run as one kernel launch: every row a decode row (one
+    token each, token t is row t), on the kernel path. The new key is then written as key L - 1 of its
+    sequence through the block table, which is where meta.slot_mapping puts it."""
+    return meta.num_decode_rows == x.shape[0] and _use_kernel(x)
 
 
 def _gathered_attention(

@@ -13,7 +13,7 @@ from loraledger.kernels.fused_ops import fused_add_rms_norm, rms_norm, silu_and_
 from safetensors import safe_open
 from torch import nn
 
-from .attention import AttentionMetadata, paged_attention
+from .attention import AttentionMetadata, fuses_decode_rotary, paged_attention
 from .kv_cache import KVCache
 from .lora_linear import LoRABatch, LoRALinear
 
@@ -202,8 +202,22 @@ class Attention(nn.Module):
         self.scale = c.head_dim**-0.5
 
     def forward(self, x, cos, sin, kv: KVCache, attn: AttentionMetadata, lora: LoRABatch | None):
-        q = self.project(x, cos, sin, kv, attn.slot_mapping, lora)
-        return self.output(self.attend(q, kv, attn), lora)
+        return self.output(self.attention(x, cos, sin, kv, attn, lora), lora)
+
+    def attention(self, x, cos, sin, kv: KVCache, attn: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
+        """Attention's output [T, heads * D] for the normed input x, this layer's k and v written to the cache.
+        A step of decode rows only, on the kernel path, rotates q and k, writes k and v and attends in one
+        launch (the kernel's `rotary`); other steps run project, then attend."""
+        if not fuses_decode_rotary(x, attn):
+            return self.attend(self.project(x, cos, sin, kv, attn.slot_mapping, lora), kv, attn)
+        c = self.config
+        qkv = self.qkv_proj(x, lora)
+        q = qkv[:, : c.q_size].view(-1, c.num_heads, c.head_dim)
+        k = qkv[:, c.q_size : c.q_size + c.kv_size].view(-1, c.num_kv_heads, c.head_dim)
+        v = qkv[:, c.q_size + c.kv_size :].view(-1, c.num_kv_heads, c.head_dim)
+        out = paged_attention(q, kv.k[self.layer], kv.v[self.layer], attn, self.scale, c.sliding_window,
+                              rotary=(k, v, cos, sin))  # fmt: skip
+        return out.reshape(-1, c.q_size)
 
     def project(self, x, cos, sin, kv: KVCache, slot_mapping: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
         """q [T, heads, D] (rotated), after writing this layer's rotated k and v to the cache at slot_mapping."""
@@ -249,17 +263,20 @@ class Block(nn.Module):
         """x [T, hidden]: the previous block's output, not yet added to the residual stream (None before
         the first block, where x is the embeddings). Returns (this block's MLP output, the stream): each
         add meets the next norm in one fused launch, as in vLLM."""
-        q, residual = self.before_attention(x, residual, cos, sin, kv, attn.slot_mapping, lora)
-        return self.after_attention(self.self_attn.attend(q, kv, attn), residual, lora)
+        x, residual = self.normed_input(x, residual)
+        return self.after_attention(self.self_attn.attention(x, cos, sin, kv, attn, lora), residual, lora)
+
+    def normed_input(self, x, residual) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_layernorm of the stream, the stream) for the previous block's output x (None before the first
+        block, where x is the embeddings and becomes the stream)."""
+        if residual is None:
+            return self.input_layernorm(x), x
+        return self.input_layernorm.add_forward(x, residual)
 
     def before_attention(self, x, residual, cos, sin, kv, slot_mapping, lora) -> tuple[torch.Tensor, torch.Tensor]:
         """The block up to attention: (q [T, heads, D], the residual stream), k and v written to the cache.
         The engine's piecewise CUDA graphs capture this and after_attention, and run attend between them."""
-        if residual is None:
-            residual = x
-            x = self.input_layernorm(x)
-        else:
-            x, residual = self.input_layernorm.add_forward(x, residual)
+        x, residual = self.normed_input(x, residual)
         return self.self_attn.project(x, cos, sin, kv, slot_mapping, lora), residual
 
     def after_attention(self, attn_out, residual, lora) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,11 @@ GPU_CASES = (
     Case("gpu_long_split8", (9000, 1, 4097), 32, 8, 128, 16, num_splits=8),
     Case("gpu_window", _lens(8, 1, 5000, 4), 32, 8, 128, 16, sliding_window=4096),
     Case("gpu_block32_int32", _lens(24, 1, 1500, 5), 32, 8, 128, 32, index_dtype=torch.int32),
+    # rotary: the rotary + KV write in the same launch; many short sequences where every split may hold the new key
+    Case("gpu_rotary_llama8b_b64", _lens(64, 1, 2048, 6), 32, 8, 128, 16, rotary=True, q_view=True),
+    Case("gpu_rotary_llama1b_b128", _lens(128, 1, 1000, 7), 32, 8, 64, 16, rotary=True, q_view=True),
+    Case("gpu_rotary_long_split8", (9000, 1, 4097, 0), 32, 8, 128, 16, num_splits=8, rotary=True),
+    Case("gpu_rotary_window", _lens(8, 1, 5000, 8), 32, 8, 128, 16, sliding_window=4096, rotary=True),
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -40,6 +40,7 @@ class Case:
     index_dtype: torch.dtype = torch.int64  # block tables and context lengths
     q_view: bool = False  # q is a column view of a wider [B, (H + 2 KV_H) * D] qkv tensor
     cache_view: bool = False  # k/v caches are one layer of a [layers, ...] tensor
+    rotary: bool = False  # q and the new key come unrotated (paged_attention's `rotary`): rotate, cache, attend
 
 
 CASES = (
@@ -56,7 +57,34 @@ CASES = (
     Case("window_splits", (6, 29, 58), 4, 2, 32, 8, sliding_window=20, num_splits=3),
     Case("padding_rows", (0, 21, 0, 5), 4, 2, 32, 16),
     Case("padding_rows_splits", (0, 21, 0, 5), 4, 2, 32, 16, num_splits=2),
+    Case("rotary", (1, 17, 50, 33), 8, 4, 32, 16, rotary=True, q_view=True),
+    Case("rotary_splits", (1, 37, 70, 96), 8, 4, 32, 16, num_splits=3, rotary=True, cache_view=True),
+    Case("rotary_window_padding", (0, 21, 0, 5, 30), 4, 2, 32, 8, sliding_window=12, num_splits=2, rotary=True),
+    Case("rotary_block5_dim80", (12, 7, 26), 8, 2, 80, 5, rotary=True),
 )
+
+
+def rotary_inputs(case: Case, inp: dict, gen: torch.Generator) -> tuple[dict, dict, torch.Tensor]:
+    """For a rotary case: (the Rotary fields, the inputs the plain kernel would get after a rotary + KV-write
+    launch: q rotated, each sequence's new key and value written as its key L - 1, the rotated q)."""
+    from loraledger.kernels.fused_ops import rope_ref
+
+    q, dtype = inp["q"], inp["q"].dtype
+    n, kvh, d, bs = q.shape[0], case.kv_heads, case.head_dim, case.block_size
+    k_new = torch.randn(n, kvh, d, generator=gen, dtype=torch.float64).to(dtype)
+    v_new = torch.randn(n, kvh, d, generator=gen, dtype=torch.float64).to(dtype)
+    pos = (torch.tensor(case.context_lens, dtype=torch.float64) - 1).clamp(min=0)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    angles = torch.cat((pos[:, None] * inv_freq, pos[:, None] * inv_freq), dim=1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    k_cache, v_cache = inp["k_cache"].clone(), inp["v_cache"].clone()
+    for b, length in enumerate(case.context_lens):
+        if length:
+            slot = int(inp["block_tables"][b, (length - 1) // bs]) * bs + (length - 1) % bs
+            k_cache.view(-1, kvh, d)[slot] = rope_ref(k_new[b : b + 1], cos[b : b + 1], sin[b : b + 1])[0]
+            v_cache.view(-1, kvh, d)[slot] = v_new[b]
+    q_rot = rope_ref(q, cos, sin)
+    return {"k": k_new, "v": v_new, "cos": cos, "sin": sin}, {**inp, "q": q_rot, "k_cache": k_cache, "v_cache": v_cache}, q_rot
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generator) -> dict:
@@ -102,16 +130,28 @@ def run_case(case: Case, dtype: torch.dtype, device: str, seed: int) -> dict:
     from loraledger.kernels.paged_attention import paged_attention
     from loraledger.kernels.reference import paged_attention_ref
 
-    inp = make_inputs(case, dtype, device, torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    inp = make_inputs(case, dtype, device, gen)
     scale = case.head_dim**-0.5
-    out = paged_attention(
-        **inp,
-        scale=scale,
-        sliding_window=case.sliding_window,
-        max_context_len=max(case.context_lens),
-        num_splits=case.num_splits,
-        block_n=case.block_n,
-    )
+    launch = {"scale": scale, "sliding_window": case.sliding_window, "max_context_len": max(case.context_lens),
+              "num_splits": case.num_splits, "block_n": case.block_n}  # fmt: skip
+    extra = {}
+    if case.rotary:
+        from loraledger.kernels.paged_attention import Rotary
+
+        fields, plain, _ = rotary_inputs(case, {key: t.cpu() for key, t in inp.items()}, gen)
+        plain = {key: t.to(device) for key, t in plain.items()}
+        out = paged_attention(**inp, **launch, rotary=Rotary(*(fields[key].to(device) for key in Rotary._fields)))
+        unset = -7.0  # NaN-free stand-in for the caches' poisoned rows, for an exact comparison
+
+        def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+            return torch.equal(a.nan_to_num(nan=unset), b.nan_to_num(nan=unset))
+
+        extra = {"cache_as_written": same(inp["k_cache"], plain["k_cache"]) and same(inp["v_cache"], plain["v_cache"]),
+                 "equals_unfused": same(out, paged_attention(**plain, **launch))}  # fmt: skip
+        inp = plain
+    else:
+        out = paged_attention(**inp, **launch)
     ref = paged_attention_ref(
         *(inp[key].double().cpu() for key in ("q", "k_cache", "v_cache")),
         inp["block_tables"].cpu(),
@@ -126,6 +166,7 @@ def run_case(case: Case, dtype: torch.dtype, device: str, seed: int) -> dict:
         "err": errs.max().item(),
         "finite": bool(torch.isfinite(out).all()),
         "padding_rows_zero": bool((out[~live] == 0).all()),
+        **extra,
     }
 
 
@@ -133,6 +174,9 @@ def check(result: dict, dtype: torch.dtype) -> None:
     assert result["finite"], result
     assert result["padding_rows_zero"], result
     assert result["err"] <= TOLERANCE[dtype], result
+    # A rotary case: the cache holds the rotated new keys and values exactly where a rotary + KV-write launch
+    # puts them, and the output is bit for bit the plain kernel's on those inputs.
+    assert result.get("cache_as_written", True) and result.get("equals_unfused", True), result
 
 
 INTERPRETER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}  # the interpreter's bf16 dot is wrong
