@@ -409,6 +409,37 @@ elif [[ "${PART}" == 40 ]]; then  # seventh session, call 1: PDL for the decoder
         grep "roofline .* ms" "$OUT/decode_step_1b_lora_$tree.log" "$OUT/decode_step_8b_$tree.log" | tail -n 6
     done
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 41 ]]; then  # seventh session, call 2: decode attention with the rotary + KV write in its launch.
+    # The GPU tests (paged attention with its rotary cases, the PDL chain, fused ops, engine), then the decode step of
+    # three trees side by side: 1fc9995 (the session's start, carried .prev), eaec30e (PDL, carried .alt/pdl) and this
+    # tree: 1B no LoRA B 64/128/256 twice in alternation, 1B S-LoRA/Punica B 64, 8B all three at B 64; this tree's
+    # 1B B 64 profile
+    timeout 280 $PYTEST -n 4 -rf tests/gpu/test_paged_attention_gpu.py tests/gpu/test_pdl_gpu.py \
+        tests/gpu/test_fused_ops_gpu.py >"$OUT/tests_ops.log" 2>&1 &
+    run tests_engine 240 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
+    wait
+    tail -n 3 "$OUT/tests_ops.log" "$OUT/tests_engine.log"
+    tree_path() { case $1 in start) echo "$PWD/.prev:";; pdl) echo "$PWD/.alt/pdl:";; *) echo "";; esac; }
+    for round in 1 2; do
+        for tree in start pdl fused; do
+            PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_step_1b_${tree}_$round 120 $PY $B/bench_decode_step.py \
+                --preset llama-3.2-1b --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 40 \
+                --json "$OUT/decode_step_1b_${tree}_$round.json"
+            grep "roofline .* ms" "$OUT/decode_step_1b_${tree}_$round.log" | tail -n 3 | sed "s/^/$tree $round /"
+        done
+    done
+    for tree in start fused; do
+        PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_step_1b_lora_$tree 150 $PY $B/bench_decode_step.py \
+            --preset llama-3.2-1b --settings slora punica --batches 64 --context 512 --steps 10 --replays 40 \
+            --json "$OUT/decode_step_1b_lora_$tree.json"
+        PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_step_8b_$tree 200 $PY $B/bench_decode_step.py \
+            --preset llama-3-8b --settings nolora slora punica --batches 64 --context 512 --steps 10 --replays 20 \
+            --json "$OUT/decode_step_8b_$tree.json"
+        grep -h "roofline .* ms" "$OUT/decode_step_1b_lora_$tree.log" "$OUT/decode_step_8b_$tree.log" | sed "s/^/$tree /"
+    done
+    run decode_step_1b_profile 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora --batches 64 \
+        --context 512 --steps 10 --replays 40 --profile --json "$OUT/decode_step_1b_profile.json"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
