@@ -440,6 +440,23 @@ elif [[ "${PART}" == 41 ]]; then  # seventh session, call 2: decode attention wi
     run decode_step_1b_profile 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora --batches 64 \
         --context 512 --steps 10 --replays 40 --profile --json "$OUT/decode_step_1b_profile.json"
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 42 ]]; then  # seventh session, call 3: the fused rotary attention as two variants against the
+    # unfused one (eaec30e, carried .alt/pdl): the first (7cc4293, carried .alt/barrier: the new key written, a barrier,
+    # read back) and this tree's (the new key's tile taken after the loop from registers); no LoRA at 1B and 8B, B
+    # 64/128/256; the paged-attention GPU tests on this tree meanwhile
+    timeout 280 $PYTEST -n 2 -rf tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_attention.log" 2>&1 &
+    tree_path() { case $1 in pdl) echo "$PWD/.alt/pdl:";; barrier) echo "$PWD/.alt/barrier:";; *) echo "";; esac; }
+    for model in llama-3.2-1b llama-3-8b; do
+        for tree in pdl barrier peel; do
+            PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_${model}_$tree 200 $PY $B/bench_decode_step.py \
+                --preset $model --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 30 \
+                --json "$OUT/decode_${model}_$tree.json"
+            grep "roofline .* ms" "$OUT/decode_${model}_$tree.log" | tail -n 3 | sed "s/^/$model $tree /"
+        done
+    done
+    wait
+    tail -n 3 "$OUT/tests_attention.log"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
