@@ -46,42 +46,6 @@ def _rotated(rows_ptr, row_mask, offs_d, d_mask, c, s, HALF: tl.constexpr):
     return tl.where(first, xc - ps, xc + ps).to(dtype)
 
 
-@triton.jit
-def _kv_tile(tile, lo, ctx, offs_n, offs_d, d_mask, table_row, k_cache_ptr, v_cache_ptr, kv_head, stride_kb, stride_kt,
-             stride_kh, stride_vb, stride_vt, stride_vh, KV_BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Keys tile * BLOCK_N + [0, BLOCK_N) of one KV head through the block table: (mask of those in [lo, ctx),
-    K [BLOCK_N, BLOCK_D], V [BLOCK_N, BLOCK_D]); keys outside the range read nothing (zeros)."""
-    pos = tile * BLOCK_N + offs_n
-    n_mask = (pos >= lo) & (pos < ctx)
-    block = tl.load(table_row + pos // KV_BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-    row = pos % KV_BLOCK_SIZE
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k_ptrs = k_cache_ptr + block[:, None] * stride_kb + row[:, None] * stride_kt + kv_head * stride_kh
-    v_ptrs = v_cache_ptr + block[:, None] * stride_vb + row[:, None] * stride_vt + kv_head * stride_vh
-    k = tl.load(k_ptrs + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_ptrs + offs_d[None, :], mask=kv_mask, other=0.0)
-    return n_mask, k, v
-
-
-@triton.jit
-def _softmax_step(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE_DOT: tl.constexpr):
-    """One key tile into the online softmax: the running max m_i (log2 units), sum l_i and output acc."""
-    if IEEE_DOT:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if IEEE_DOT:
-        acc = tl.dot(p, v, acc * alpha[:, None], input_precision="ieee")
-    else:
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return m_new, l_i, acc
-
-
 # A block table's row stride is its width, which changes with the batch: unspecialised, one variant serves all.
 @triton.jit(do_not_specialize=["stride_bt"])
 def _paged_attention_kernel(
@@ -129,8 +93,7 @@ def _paged_attention_kernel(
 ):
     """Semantics: with ROTARY first, for L = context_len[b] > 0: q[b, h] and k_new[b, g] rotated by the
     cos/sin rows of b (q in registers only), and k_cache / v_cache at key L - 1 (through the block table)
-    = rotated k_new[b, g] / v_new[b, g], written by the split that reads that key (which takes them from
-    registers, not back from the cache). Then for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
+    = rotated k_new[b, g] / v_new[b, g], written by the split that reads that key. Then for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
     keys j in [lo, context_len[b]) with lo = max(0, context_len[b] - sliding_window) (0 without a
     window), key j at k_cache[block_tables[b, j // KV_BLOCK_SIZE], j % KV_BLOCK_SIZE, g];
     out[b, h] = softmax_j(scale * q[b, h] . k_j) @ v_j over all j (one split), or split s's share of the
@@ -160,30 +123,12 @@ def _paged_attention_kernel(
     table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
 
     q_rows = q_ptr + seq.to(tl.int64) * stride_qb + heads * stride_qh  # [BLOCK_G]
-    loop_hi = tile_hi
     if ROTARY:
         cos_row = tl.load(cos_ptr + seq.to(tl.int64) * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)
         sin_row = tl.load(sin_ptr + seq.to(tl.int64) * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
         q = _rotated(q_rows, g_mask, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [BLOCK_G, BLOCK_D]
         last = ctx - 1  # the new key's position
-        # The split whose tiles hold the new key takes that tile (its last) after the loop, with the new key
-        # and value from registers: the cache write need not be visible to this program's own loads.
-        owner = (ctx > 0) & (last // BLOCK_N >= tile_lo) & (last // BLOCK_N < tile_hi)
-        loop_hi = tl.where(owner, tile_hi - 1, tile_hi)
-    else:
-        q = tl.load(q_rows[:, None] + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
-
-    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    # Every tile of [tile_lo, tile_hi) holds at least one key in [lo, ctx): m_i is finite after the first.
-    for tile in range(tile_lo, loop_hi):
-        n_mask, k, v = _kv_tile(tile, lo, ctx, offs_n, offs_d, d_mask, table_row, k_cache_ptr, v_cache_ptr, kv_head,
-                                stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, KV_BLOCK_SIZE,
-                                BLOCK_N)  # fmt: skip
-        m_i, l_i, acc = _softmax_step(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE_DOT)
-    if ROTARY:
-        if owner:
+        if (ctx > 0) & (last // BLOCK_N >= tile_lo) & (last // BLOCK_N < tile_hi):
             one = tl.arange(0, 1)
             k_row = k_new_ptr + seq.to(tl.int64) * stride_knb + kv_head * stride_knh + one  # [1]
             k_rot = _rotated(k_row, one == 0, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [1, BLOCK_D]
@@ -194,13 +139,39 @@ def _paged_attention_kernel(
             v_dst = v_cache_ptr + new_block * stride_vb + new_row * stride_vt + kv_head * stride_vh
             tl.store(k_dst + offs_d[None, :], k_rot.to(k_cache_ptr.dtype.element_ty), mask=d_mask[None, :])
             tl.store(v_dst + offs_d, v_new.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
-            n_mask, k, v = _kv_tile(tile_hi - 1, lo, ctx, offs_n, offs_d, d_mask, table_row, k_cache_ptr, v_cache_ptr,
-                                    kv_head, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                                    KV_BLOCK_SIZE, BLOCK_N)  # fmt: skip
-            is_new = ((tile_hi - 1) * BLOCK_N + offs_n == last)[:, None]  # the key as the cache now holds it
-            k = tl.where(is_new, k_rot.to(k_cache_ptr.dtype.element_ty), k)
-            v = tl.where(is_new, v_new.to(v_cache_ptr.dtype.element_ty)[None, :], v)
-            m_i, l_i, acc = _softmax_step(q, k, v, n_mask, m_i, l_i, acc, qk_scale, IEEE_DOT)
+        tl.debug_barrier()  # the key and value just written, visible to every thread that reads them below
+    else:
+        q = tl.load(q_rows[:, None] + offs_d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    # Every tile of [tile_lo, tile_hi) holds at least one key in [lo, ctx): m_i is finite after the first.
+    for tile in range(tile_lo, tile_hi):
+        pos = tile * BLOCK_N + offs_n  # [BLOCK_N] key positions
+        n_mask = (pos >= lo) & (pos < ctx)
+        block = tl.load(table_row + pos // KV_BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+        row = pos % KV_BLOCK_SIZE
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k_ptrs = k_cache_ptr + block[:, None] * stride_kb + row[:, None] * stride_kt + kv_head * stride_kh
+        k = tl.load(k_ptrs + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+        v_ptrs = v_cache_ptr + block[:, None] * stride_vb + row[:, None] * stride_vt + kv_head * stride_vh
+        v = tl.load(v_ptrs + offs_d[None, :], mask=kv_mask, other=0.0)  # [BLOCK_N, BLOCK_D]
+
+        if IEEE_DOT:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))  # [BLOCK_G, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE_DOT:
+            acc = tl.dot(p, v, acc * alpha[:, None], input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
 
     if NUM_SPLITS == 1:
         # context_len 0 (a padding row of a CUDA-graph bucket) gives zeros, not 0/0.
