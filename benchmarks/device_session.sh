@@ -457,6 +457,20 @@ elif [[ "${PART}" == 42 ]]; then  # seventh session, call 3: the fused rotary at
     wait
     tail -n 3 "$OUT/tests_attention.log"
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 43 ]]; then  # seventh session, call 4: the fused rotary attention (barrier form) against the
+    # unfused launch (eaec30e, carried .alt/pdl), nothing else on the GPU: no LoRA at 1B and 8B, B 64/128/256, twice
+    tree_path() { case $1 in pdl) echo "$PWD/.alt/pdl:";; *) echo "";; esac; }
+    for round in 1 2; do
+        for model in llama-3.2-1b llama-3-8b; do
+            for tree in pdl fused; do
+                PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_${model}_${tree}_$round 200 $PY $B/bench_decode_step.py \
+                    --preset $model --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 30 \
+                    --json "$OUT/decode_${model}_${tree}_$round.json"
+                grep "roofline .* ms" "$OUT/decode_${model}_${tree}_$round.log" | tail -n 3 | sed "s/^/$model $tree $round /"
+            done
+        done
+    done
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
