@@ -11,7 +11,7 @@ import triton.language as tl
 from . import pdl
 from .configs import launches_pdl, num_sms
 
-__all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "Rotary", "paged_attention"]
+__all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "Rotary", "paged_attention", "rotary_pays"]
 
 _LOG2E = 1.4426950408889634
 _NO_WINDOW = 2**31 - 1
@@ -28,6 +28,15 @@ class Rotary(NamedTuple):
     v: torch.Tensor
     cos: torch.Tensor
     sin: torch.Tensor
+
+
+def rotary_pays(num_seqs: int, num_kv_heads: int) -> bool:
+    """Whether a decode step of num_seqs sequences runs faster with the rotary + KV write inside the attention
+    launch (`rotary`) than as a launch of its own. The fused launch saves a kernel but each program rotates
+    its queries before its loop can start loading keys: H100, decode step at 1B / 8B dimensions
+    (benchmarks/RESULTS.md, seventh session): 1B B 64 -2.1%, 8B B 64 even, but 1B B 128 -0.9% against 8B
+    B 128 +0.8%, and B 256 +1.5% / +1.0%. So: fewer programs than MANY_PROGRAMS."""
+    return num_seqs * num_kv_heads < MANY_PROGRAMS
 
 
 @triton.jit
@@ -93,7 +102,8 @@ def _paged_attention_kernel(
 ):
     """Semantics: with ROTARY first, for L = context_len[b] > 0: q[b, h] and k_new[b, g] rotated by the
     cos/sin rows of b (q in registers only), and k_cache / v_cache at key L - 1 (through the block table)
-    = rotated k_new[b, g] / v_new[b, g], written by the split that reads that key. Then for sequence b, KV head g, query head h = g * QUERIES_PER_KV + i and split s:
+    = rotated k_new[b, g] / v_new[b, g], written by the split that reads that key. Then for sequence b, KV head g,
+    query head h = g * QUERIES_PER_KV + i and split s:
     keys j in [lo, context_len[b]) with lo = max(0, context_len[b] - sliding_window) (0 without a
     window), key j at k_cache[block_tables[b, j // KV_BLOCK_SIZE], j % KV_BLOCK_SIZE, g];
     out[b, h] = softmax_j(scale * q[b, h] . k_j) @ v_j over all j (one split), or split s's share of the
@@ -356,7 +366,8 @@ def _check_rotary(rotary: Rotary, q: torch.Tensor, num_kv_heads: int) -> None:
                              f"contiguous head dim, got {tuple(t.shape)} {t.dtype}")
     for name, t in (("cos", rotary.cos), ("sin", rotary.sin)):
         if t.shape != (num_seqs, head_dim) or t.dtype != q.dtype or t.stride(1) != 1:
-            raise ValueError(f"rotary.{name} must be [{num_seqs}, {head_dim}] in {q.dtype}, got {tuple(t.shape)} {t.dtype}")
+            raise ValueError(f"rotary.{name} must be [{num_seqs}, {head_dim}] in {q.dtype}, "
+                             f"got {tuple(t.shape)} {t.dtype}")
 
 
 def _default_num_splits(programs: int, max_context_len: int | None, block_n: int, device: torch.device) -> int:

@@ -82,7 +82,7 @@ def paged_attention(
     (prefill chunks) take the torch path. On CPU every row takes the torch path.
     """
     d = meta.num_decode_rows
-    if rotary is not None and not fuses_decode_rotary(q, meta):
+    if rotary is not None and not fuses_decode_rotary(q, meta, k_cache.shape[2]):
         raise ValueError("rotary needs a step of decode rows only on the kernel path (fuses_decode_rotary)")
     if d == 0 or not _use_kernel(q):
         return _gathered_attention(q, k_cache, v_cache, meta, scale, sliding_window)
@@ -107,11 +107,16 @@ def paged_attention(
     return torch.cat((out, prefill))
 
 
-def fuses_decode_rotary(x: torch.Tensor, meta: AttentionMetadata) -> bool:
+def fuses_decode_rotary(x: torch.Tensor, meta: AttentionMetadata, num_kv_heads: int) -> bool:
     """Whether a step's rotary, KV write and attention run as one kernel launch: every row a decode row (one
-    token each, token t is row t), on the kernel path. The new key is then written as key L - 1 of its
-    sequence through the block table, which is where meta.slot_mapping puts it."""
-    return meta.num_decode_rows == x.shape[0] and _use_kernel(x)
+    token each, token t is row t), on the kernel path, in a batch where that pays (kernels' rotary_pays). The
+    new key is then written as key L - 1 of its sequence through the block table, which is where
+    meta.slot_mapping puts it."""
+    if meta.num_decode_rows != x.shape[0] or not _use_kernel(x):
+        return False
+    from loraledger.kernels.paged_attention import rotary_pays
+
+    return rotary_pays(x.shape[0], num_kv_heads)
 
 
 def _gathered_attention(

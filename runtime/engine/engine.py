@@ -789,18 +789,23 @@ class Engine:
         enough rows for its many-sequence launch."""
         if not self.kv_cache.k.is_cuda:
             return
-        from loraledger.kernels.paged_attention import MANY_PROGRAMS, SPLIT_CHOICES
+        from loraledger.kernels.paged_attention import MANY_PROGRAMS, SPLIT_CHOICES, Rotary, rotary_pays
         from loraledger.kernels.paged_attention import paged_attention as paged_decode_attention
 
         mc = self.model.config
-        # One row, and as many as take the kernel's many-sequence launch (narrow heads): its other variant.
+        # One row, and as many as take the kernel's many-sequence launch (narrow heads): its other variant; each
+        # also with the rotary + KV write inside where a decode step takes that (it writes the borrowed blocks).
         for rows in sorted({1, min(self.config.max_num_seqs, -(-MANY_PROGRAMS // mc.num_kv_heads))}):
             q = torch.zeros(rows, mc.num_heads, mc.head_dim, dtype=self.dtype, device=self.device)
+            new = torch.zeros(rows, mc.num_kv_heads, mc.head_dim, dtype=self.dtype, device=self.device)
+            angles = torch.zeros(rows, mc.head_dim, dtype=self.dtype, device=self.device)
             tables = torch.tensor([blocks] * rows, dtype=torch.int64, device=self.device)
             lens = torch.ones(rows, dtype=torch.int64, device=self.device)
+            rotaries = (None, Rotary(new, new, angles, angles)) if rotary_pays(rows, mc.num_kv_heads) else (None,)
             for splits in SPLIT_CHOICES:
-                paged_decode_attention(q, self.kv_cache.k[0], self.kv_cache.v[0], tables, lens, 1.0,
-                                       sliding_window=mc.sliding_window, num_splits=splits)
+                for rotary in rotaries:
+                    paged_decode_attention(q, self.kv_cache.k[0], self.kv_cache.v[0], tables, lens, 1.0,
+                                           sliding_window=mc.sliding_window, num_splits=splits, rotary=rotary)
 
     def generate_batch(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Runs requests to completion on the calling thread (offline use, tests, benchmarks)."""

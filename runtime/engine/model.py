@@ -206,11 +206,11 @@ class Attention(nn.Module):
 
     def attention(self, x, cos, sin, kv: KVCache, attn: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
         """Attention's output [T, heads * D] for the normed input x, this layer's k and v written to the cache.
-        A step of decode rows only, on the kernel path, rotates q and k, writes k and v and attends in one
-        launch (the kernel's `rotary`); other steps run project, then attend."""
-        if not fuses_decode_rotary(x, attn):
-            return self.attend(self.project(x, cos, sin, kv, attn.slot_mapping, lora), kv, attn)
+        A step of decode rows only, on the kernel path and where it pays, rotates q and k, writes k and v and
+        attends in one launch (the kernel's `rotary`); other steps run project, then attend."""
         c = self.config
+        if not fuses_decode_rotary(x, attn, c.num_kv_heads):
+            return self.attend(self.project(x, cos, sin, kv, attn.slot_mapping, lora), kv, attn)
         qkv = self.qkv_proj(x, lora)
         q = qkv[:, : c.q_size].view(-1, c.num_heads, c.head_dim)
         k = qkv[:, c.q_size : c.q_size + c.kv_size].view(-1, c.num_kv_heads, c.head_dim)

@@ -84,7 +84,8 @@ def rotary_inputs(case: Case, inp: dict, gen: torch.Generator) -> tuple[dict, di
             k_cache.view(-1, kvh, d)[slot] = rope_ref(k_new[b : b + 1], cos[b : b + 1], sin[b : b + 1])[0]
             v_cache.view(-1, kvh, d)[slot] = v_new[b]
     q_rot = rope_ref(q, cos, sin)
-    return {"k": k_new, "v": v_new, "cos": cos, "sin": sin}, {**inp, "q": q_rot, "k_cache": k_cache, "v_cache": v_cache}, q_rot
+    plain = {**inp, "q": q_rot, "k_cache": k_cache, "v_cache": v_cache}
+    return {"k": k_new, "v": v_new, "cos": cos, "sin": sin}, plain, q_rot
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: str, gen: torch.Generator) -> dict:
