@@ -471,6 +471,19 @@ elif [[ "${PART}" == 43 ]]; then  # seventh session, call 4: the fused rotary at
         done
     done
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 44 ]]; then  # seventh session, call 5: the final tree: the engine, paged-attention and PDL GPU
+    # tests, then (alone on the GPU) the decode step at 1B (no LoRA B 64/128/256; S-LoRA, Punica B 64) and 8B (B 64)
+    run tests_gpu 300 $PYTEST -n 4 -rf tests/gpu/test_engine_gpu.py tests/gpu/test_paged_attention_gpu.py \
+        tests/gpu/test_pdl_gpu.py
+    tail -n 3 "$OUT/tests_gpu.log"
+    run decode_step_1b 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora --batches 64 128 256 \
+        --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b.json"
+    run decode_step_1b_lora 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings slora punica --batches 64 \
+        --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_lora.json"
+    run decode_step_8b 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica --batches 64 \
+        --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b.json"
+    grep -h "roofline .* ms" "$OUT"/decode_step_*.log
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
     # the final table, the 1B decode step on it)
     timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
