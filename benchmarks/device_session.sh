@@ -5,8 +5,8 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…16
-# this session's calls (each block says what it runs); PART=6 what is still open for the next session.
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…44
+# the sessions' calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
 OUT=${OUT:-bench_out}
@@ -484,18 +484,11 @@ elif [[ "${PART}" == 44 ]]; then  # seventh session, call 5: the final tree: the
         --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b.json"
     grep -h "roofline .* ms" "$OUT"/decode_step_*.log
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
-elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (the engine tests and the full kernel grid on
-    # the final table, the 1B decode step on it)
-    timeout 230 $PYTEST -n 6 tests/gpu/test_fused_ops_gpu.py tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_other.log" 2>&1 &
-    run tests_engine 230 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
-    wait
-    tail -n 3 "$OUT/tests_engine.log" "$OUT/tests_other.log"
-    run decode_step_1b 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
-        --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
-    # where the 1B no-LoRA step at B 64 still spends its time (its goal was missed by 1% in the sixth session)
-    run decode_step_1b_profile 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora --batches 64 \
-        --context 512 --steps 10 --replays 40 --profile --json "$OUT/decode_step_1b_profile.json"
-    (cd benchmarks/kernels && run sgmv_grid 330 $PY bench_sgmv.py --budget-s 240 --out "$OUT/sgmv_grid")
+elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
+    # test, then the full bench_sgmv grid on the final table
+    run tests_kernels 280 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py
+    tail -n 3 "$OUT/tests_kernels.log"
+    (cd benchmarks/kernels && run sgmv_grid 300 $PY bench_sgmv.py --budget-s 240 --out "$OUT/sgmv_grid")
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 else
     timeout 150 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_fused_ops_gpu.py \
