@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call of a session, from the repository root on the GPU machine: PART=1 the GPU tests (kernels in
-# the background, alongside the fused-ops, engine and paged-attention tests), then the decode step alone with
-# and without the fused elementwise kernels, then the S-LoRA serving window; PART=2 the engine GPU tests, where
+# the background, alongside the fused-ops, engine and paged-attention tests), then the decode step alone (as first
+# run, also without the fused elementwise kernels: a switch since removed), then the S-LoRA serving window; PART=2 the engine GPU tests, where
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
@@ -45,14 +45,8 @@ if [[ "${PART:-1}" == 1 ]]; then
     tail -3 "$OUT/tests_engine.log"
     wait
     tail -3 "$OUT/tests_kernels.log"
-    if ! grep -q " passed" "$OUT/tests_fused.log" || grep -q "failed\|error" "$OUT/tests_fused.log"; then
-        export LORALEDGER_FUSED_OPS=0  # broken on this GPU: measure without them rather than not at all
-        echo "fused ops failed: LORALEDGER_FUSED_OPS=0 from here on"
-    fi
     run decode_step_1b 130 $PY $B/bench_decode_step.py --preset llama-3.2-1b --batches 64 128 256 --context 512 \
         --steps 20 --replays 40 --json "$OUT/decode_step_1b.json"
-    LORALEDGER_FUSED_OPS=0 run decode_step_1b_unfused 60 $PY $B/bench_decode_step.py --preset llama-3.2-1b \
-        --settings nolora --batches 64 128 --context 512 --steps 20 --replays 40 --json "$OUT/decode_step_1b_unfused.json"
     run serving_slora 200 $PY $B/bench_serving.py --preset llama-3.2-1b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 30 --drain-s 10 --baselines nolora --json "$OUT/serving_slora.json"
 elif [[ "${PART}" == 2 ]]; then
@@ -270,17 +264,18 @@ elif [[ "${PART}" == 29 ]]; then  # fifth session, call 2 (and next): kernels/sk
         --out "$OUT/sweep_skinny.json")
     cat "$OUT/sweep_skinny.log"
 elif [[ "${PART}" == 30 ]]; then  # next: the decode step with kernels.linear's table (filled from PART=29's sweep)
-    # and without it (LORALEDGER_SKINNY_MATMUL=0), 1B no-LoRA then 8B no-LoRA and Punica; the engine GPU tests
+    # and without it (as run: LORALEDGER_SKINNY_MATMUL=0, since removed; now a carried package whose
+    # configs._HOPPER_SKINNY is {}, under .alt/cublas/loraledger), 1B no-LoRA then 8B no-LoRA and Punica; the engine GPU tests
     run tests_engine 200 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py tests/gpu/test_skinny_matmul_gpu.py
     tail -n 3 "$OUT/tests_engine.log"
     for mode in skinny cublas; do
-        [[ $mode == cublas ]] && export LORALEDGER_SKINNY_MATMUL=0
+        [[ $mode == cublas ]] && export PYTHONPATH=$PWD/.alt/cublas:$PYTHONPATH
         [[ -z "${SKIP_1B:-}" ]] && run decode_step_1b_$mode 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora \
             --batches 16 64 128 --context 512 --steps 10 --replays 40 --json "$OUT/decode_step_1b_$mode.json"
         run decode_step_8b_$mode 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora punica \
             --batches 64 --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b_$mode.json"
     done
-    unset LORALEDGER_SKINNY_MATMUL
+    export PYTHONPATH=${PYTHONPATH#$PWD/.alt/cublas:}
 elif [[ "${PART}" == 31 ]]; then  # next: rank-8 B loads 16 bytes wide (8d1c3b2), side by side with the kernels before
     # (carry .prev = `git archive 19831a5 __init__.py kernels runtime sdk agents` under .prev/loraledger): the GPU
     # tests, the rank-8 grid cases (bench_sgmv --ranks 8 --compare), the S-LoRA decode step at 8B with both packages

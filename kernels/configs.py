@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import torch
 
@@ -363,8 +362,7 @@ class SkinnyConfig:
 
 
 def skinny_config(rows: int, n: int, k: int, device: torch.device) -> SkinnyConfig | None:
-    """The skinny_matmul config for rows x K @ K x N on device, or None (cuBLAS is as fast or faster, or
-    LORALEDGER_SKINNY_MATMUL=0, read once, keeps cuBLAS for side-by-side timings)."""
+    """The skinny_matmul config for rows x K @ K x N on device, or None (cuBLAS is as fast or faster)."""
     for bucket, launch in _skinny_table(device).get((n, k), ()):
         if rows <= bucket:
             return SkinnyConfig(*launch)
@@ -374,7 +372,7 @@ def skinny_config(rows: int, n: int, k: int, device: torch.device) -> SkinnyConf
 @functools.lru_cache(maxsize=16)
 def _skinny_table(device: torch.device) -> dict[tuple[int, int], tuple]:
     """(N, K) -> ((rows bucket, launch), ...) in ascending buckets, for this device."""
-    if device.type != "cuda" or os.environ.get("LORALEDGER_SKINNY_MATMUL", "1") == "0":
+    if device.type != "cuda":
         return {}
     if torch.cuda.get_device_capability(device)[0] != 9:
         return {}

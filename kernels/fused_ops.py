@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
@@ -216,13 +215,7 @@ def _check_cache(
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    return (x.is_cuda or _triton_interpreting()) and _enabled()
-
-
-@functools.cache
-def _enabled() -> bool:
-    """LORALEDGER_FUSED_OPS=0 (read once) keeps the torch references on CUDA too: for side-by-side timings."""
-    return os.environ.get("LORALEDGER_FUSED_OPS", "1") != "0"
+    return x.is_cuda or _triton_interpreting()
 
 
 @functools.cache
