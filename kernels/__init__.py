@@ -134,17 +134,15 @@ def _triton_apply(
     one cooperative launch or two as the table's config says."""
     from .configs import fused_config, gather_config, prefers_fused, sgmv_config
     from .configs import prefers_gather as gather_rule
-    from .sgmv import check_inputs, cooperative, prepare, two_launches
+    from .sgmv import cooperative, prepare, sgmv_gathered, two_launches
     from .sgmv_fused import sgmv_fused
-    from .sgmv_gather import sgmv_gather
 
     t = x.shape[0]
     gcfg = gather_config(x.device)
     if gather is None:
         gather = meta is not None and meta.num_tokens == t and gather_rule(gcfg, t, meta.num_adapters)
     if gather:
-        check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots)
-        return sgmv_gather(y, x, lora_a, lora_b, ranks, scales, token_slots, gcfg)
+        return sgmv_gathered(y, x, lora_a, lora_b, ranks, scales, token_slots, gcfg)
     meta = prepare(y, x, lora_a, lora_b, ranks, scales, token_slots, meta)
     if t == 0:
         return y

@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .configs import launches_pdl
 
 __all__ = ["launch_rms_norm", "launch_rope_and_cache", "launch_silu_and_mul"]
 
@@ -67,7 +66,6 @@ def launch_rms_norm(
     if t == 0:
         return
     block_n = triton.next_power_of_2(n)
-    use_pdl = launches_pdl(x.device)
     _rms_norm_kernel[(t,)](
         x,
         x if residual is None else residual,
@@ -80,9 +78,8 @@ def launch_rms_norm(
         eps,
         HAS_RESIDUAL=residual is not None,
         BLOCK_N=block_n,
-        PDL=use_pdl,
         num_warps=min(16, max(4, block_n // 512)),
-        **pdl.launch_options(use_pdl),
+        **pdl.launch(x.device),
     )
 
 
@@ -114,10 +111,8 @@ def launch_silu_and_mul(out: torch.Tensor, gate_up: torch.Tensor) -> None:
     if t == 0 or i == 0:
         return
     block_n = min(1024, triton.next_power_of_2(i))
-    use_pdl = launches_pdl(out.device)
     _silu_and_mul_kernel[(t, triton.cdiv(i, block_n))](
-        out, gate_up, out.stride(0), gate_up.stride(0), i, BLOCK_N=block_n, PDL=use_pdl, num_warps=4,
-        **pdl.launch_options(use_pdl),
+        out, gate_up, out.stride(0), gate_up.stride(0), i, BLOCK_N=block_n, num_warps=4, **pdl.launch(out.device)
     )
 
 
@@ -210,7 +205,6 @@ def launch_rope_and_cache(
     block_half = triton.next_power_of_2(head_dim // 2)
     block_h = min(triton.next_power_of_2(qk_heads), max(1, 2048 // block_half))
     dummy = qk  # stands in for the pointers a disabled branch never reads
-    use_pdl = launches_pdl(qk.device)
     _rope_and_cache_kernel[(t, triton.cdiv(qk_heads, block_h))](
         qk,
         v if write else dummy,
@@ -236,7 +230,6 @@ def launch_rope_and_cache(
         WRITE_CACHE=write,
         BLOCK_H=block_h,
         BLOCK_HALF=block_half,
-        PDL=use_pdl,
         num_warps=4,
-        **pdl.launch_options(use_pdl),
+        **pdl.launch(qk.device),
     )

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .configs import launches_pdl, num_sms
+from .configs import num_sms
 
 __all__ = ["MANY_PROGRAMS", "SPLIT_CHOICES", "Rotary", "paged_attention", "rotary_pays"]
 
@@ -113,6 +113,7 @@ def _paged_attention_kernel(
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    seq64 = seq.to(tl.int64)  # row offsets in 64 bits
 
     ctx = tl.load(context_lens_ptr + seq).to(tl.int32)
     lo = tl.maximum(ctx - sliding_window, 0)
@@ -130,19 +131,19 @@ def _paged_attention_kernel(
     g_mask = offs_g < QUERIES_PER_KV
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * QUERIES_PER_KV + offs_g  # [BLOCK_G] query heads of this KV head
-    table_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    table_row = block_tables_ptr + seq64 * stride_bt
 
-    q_rows = q_ptr + seq.to(tl.int64) * stride_qb + heads * stride_qh  # [BLOCK_G]
+    q_rows = q_ptr + seq64 * stride_qb + heads * stride_qh  # [BLOCK_G]
     if ROTARY:
-        cos_row = tl.load(cos_ptr + seq.to(tl.int64) * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)
-        sin_row = tl.load(sin_ptr + seq.to(tl.int64) * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        cos_row = tl.load(cos_ptr + seq64 * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        sin_row = tl.load(sin_ptr + seq64 * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
         q = _rotated(q_rows, g_mask, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [BLOCK_G, BLOCK_D]
         last = ctx - 1  # the new key's position
         if (ctx > 0) & (last // BLOCK_N >= tile_lo) & (last // BLOCK_N < tile_hi):
             one = tl.arange(0, 1)
-            k_row = k_new_ptr + seq.to(tl.int64) * stride_knb + kv_head * stride_knh + one  # [1]
+            k_row = k_new_ptr + seq64 * stride_knb + kv_head * stride_knh + one  # [1]
             k_rot = _rotated(k_row, one == 0, offs_d, d_mask, cos_row, sin_row, HEAD_DIM // 2)  # [1, BLOCK_D]
-            v_new = tl.load(v_new_ptr + seq.to(tl.int64) * stride_vnb + kv_head * stride_vnh + offs_d, mask=d_mask)
+            v_new = tl.load(v_new_ptr + seq64 * stride_vnb + kv_head * stride_vnh + offs_d, mask=d_mask)
             new_block = tl.load(table_row + last // KV_BLOCK_SIZE).to(tl.int64)
             new_row = last % KV_BLOCK_SIZE
             k_dst = k_cache_ptr + new_block * stride_kb + new_row * stride_kt + kv_head * stride_kh
@@ -186,11 +187,11 @@ def _paged_attention_kernel(
     if NUM_SPLITS == 1:
         # context_len 0 (a padding row of a CUDA-graph bucket) gives zeros, not 0/0.
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        o_ptrs = out_ptr + seq.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
+        o_ptrs = out_ptr + seq64 * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None] & d_mask[None, :])
     else:
         # Empty splits store m = -inf, l = 0, acc = 0: the reduce weighs them by zero.
-        row_idx = (seq.to(tl.int64) * (tl.num_programs(1) * QUERIES_PER_KV) + heads) * NUM_SPLITS + split
+        row_idx = (seq64 * (tl.num_programs(1) * QUERIES_PER_KV) + heads) * NUM_SPLITS + split
         acc_ptrs = part_acc_ptr + row_idx[:, None] * BLOCK_D + offs_d[None, :]
         tl.store(acc_ptrs, acc, mask=g_mask[:, None])
         tl.store(part_ml_ptr + row_idx * 2, m_i, mask=g_mask)
@@ -300,7 +301,6 @@ def paged_attention(
         launch["num_warps"] = num_warps
     if num_stages is not None:
         launch["num_stages"] = num_stages
-    use_pdl = launches_pdl(q.device)
     _paged_attention_kernel[(num_seqs, num_kv_heads, num_splits)](
         out,
         part_acc,
@@ -335,9 +335,8 @@ def paged_attention(
         BLOCK_D=block_d,
         IEEE_DOT=q.dtype == torch.float32,
         ROTARY=rotary is not None,
-        PDL=use_pdl,
         **launch,
-        **pdl.launch_options(use_pdl),
+        **pdl.launch(q.device),
     )
     if num_splits > 1:
         _paged_attention_reduce_kernel[(num_seqs, num_heads)](
@@ -350,8 +349,7 @@ def paged_attention(
             NUM_SPLITS=num_splits,
             BLOCK_S=triton.next_power_of_2(num_splits),
             BLOCK_D=block_d,
-            PDL=use_pdl,
-            **pdl.launch_options(use_pdl),
+            **pdl.launch(q.device),
         )
     return out
 

@@ -10,10 +10,13 @@ and the programs' set-up. configs.launches_pdl says where it is used.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-__all__ = ["enter", "launch_options"]
+from .configs import launches_pdl
+
+__all__ = ["enter", "launch"]
 
 
 @triton.jit
@@ -24,6 +27,7 @@ def enter(PDL: tl.constexpr):
         tl.extra.cuda.gdc_wait()
 
 
-def launch_options(pdl: bool) -> dict:
-    """The launch keyword that makes a launch programmatic (pass PDL=pdl to the kernel too)."""
-    return {"launch_pdl": True} if pdl else {}
+def launch(device: torch.device) -> dict:
+    """The keywords of a launch on device of a kernel that enters through `enter`: its PDL constexpr and, where
+    configs.launches_pdl says so, the launch option that makes the launch programmatic."""
+    return {"PDL": True, "launch_pdl": True} if launches_pdl(device) else {"PDL": False}

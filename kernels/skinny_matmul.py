@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import pdl
-from .configs import SkinnyConfig, launches_pdl
+from .configs import SkinnyConfig
 
 __all__ = ["MAX_TILES", "skinny_matmul"]
 
@@ -158,7 +158,6 @@ def skinny_matmul(
     if split_k > 1 and grid[0] * grid[2] > MAX_TILES:
         raise ValueError(f"{grid[0] * grid[2]} output tiles to split, at most {MAX_TILES}")
     ws = x.new_empty((grid[0] * grid[2], split_k, block_m, cfg.block_n), dtype=torch.float32) if split_k > 1 else y
-    use_pdl = launches_pdl(x.device)
     _skinny_matmul_kernel[grid](
         x,
         weight,
@@ -182,8 +181,7 @@ def skinny_matmul(
         BLOCK_K=cfg.block_k,
         STAGES=stages,
         IEEE_DOT=x.dtype == torch.float32,
-        PDL=use_pdl,
         num_warps=cfg.warps,
-        **pdl.launch_options(use_pdl),
+        **pdl.launch(x.device),
     )
     return y

@@ -206,12 +206,11 @@ def _cases() -> dict[str, Callable[[], object]]:
 
 
 def _target_launches_pdl(arch: int) -> None:
-    """The decoder's kernels ask configs.launches_pdl of their tensors' device, here the CPU (no): answer for
-    the target instead, so their PDL variants are the ones compiled."""
-    from loraledger.kernels import fused_ops_triton, paged_attention, skinny_matmul
+    """The decoder's kernels ask configs.launches_pdl (through kernels/pdl.py) of their tensors' device, here
+    the CPU (no): answer for the target instead, so their PDL variants are the ones compiled."""
+    from loraledger.kernels import pdl
 
-    for module in (fused_ops_triton, paged_attention, skinny_matmul):
-        module.launches_pdl = lambda device: arch >= 90
+    pdl.launches_pdl = lambda device: arch >= 90
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def paged_attention(
     (prefill chunks) take the torch path. On CPU every row takes the torch path.
     """
     d = meta.num_decode_rows
-    if rotary is not None and not fuses_decode_rotary(q, meta, k_cache.shape[2]):
+    if rotary is not None and not _decode_rows_on_kernel(q, meta):
         raise ValueError("rotary needs a step of decode rows only on the kernel path (fuses_decode_rotary)")
     if d == 0 or not _use_kernel(q):
         return _gathered_attention(q, k_cache, v_cache, meta, scale, sliding_window)
@@ -112,11 +112,16 @@ def fuses_decode_rotary(x: torch.Tensor, meta: AttentionMetadata, num_kv_heads: 
     token each, token t is row t), on the kernel path, in a batch where that pays (kernels' rotary_pays). The
     new key is then written as key L - 1 of its sequence through the block table, which is where
     meta.slot_mapping puts it."""
-    if meta.num_decode_rows != x.shape[0] or not _use_kernel(x):
+    if not _decode_rows_on_kernel(x, meta):
         return False
     from loraledger.kernels.paged_attention import rotary_pays
 
     return rotary_pays(x.shape[0], num_kv_heads)
+
+
+def _decode_rows_on_kernel(x: torch.Tensor, meta: AttentionMetadata) -> bool:
+    """Every row of the step a decode row, on the kernel path: where the kernel's rotary is correct."""
+    return meta.num_decode_rows == x.shape[0] and _use_kernel(x)
 
 
 def _gathered_attention(
