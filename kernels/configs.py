@@ -223,13 +223,6 @@ class GatherConfig:
     k_chunk, block_k: the shrink's K per program (split-K) and the step it is walked in.
     block_n: the expand's columns per program.
     pdl: launch the expand as a programmatic dependent launch of the shrink (Hopper+).
-    one_min_tokens: batches of at least this many tokens (on this path) take one launch instead
-        (sgmv_gather's one-launch kernel: a program per token and column group walks the whole K, then its
-        columns); larger than max_tokens: never.
-    one_block_k, one_block_n, one_warps: its K step, column block and warps (the A and B tiles capped at
-        16384 and 8192 elements for wide padded ranks).
-    one_programs: programs per multiprocessor it aims for: a token's columns are cut into groups (each
-        redoing the token's shrink, from L2) until tokens x groups reach it.
     """
 
     max_tokens: int
@@ -242,11 +235,6 @@ class GatherConfig:
     block_n: int
     expand_warps: int
     pdl: bool
-    one_min_tokens: int
-    one_block_k: int
-    one_block_n: int
-    one_warps: int
-    one_programs: int
 
 
 # Hopper, from benchmarks/kernels/sweep_gather.py on an H100 (benchmarks/RESULTS.md, 2026-11-23, sixth session):
@@ -255,14 +243,12 @@ class GatherConfig:
 # (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
 # (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it was even (1.01x).
 _SM90_GATHER = GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=256,
-                            shrink_warps=4, expand_tokens=1, block_n=512, expand_warps=4, pdl=True,
-                            one_min_tokens=1 << 62, one_block_k=1024, one_block_n=512, one_warps=4, one_programs=2)
+                            shrink_warps=4, expand_tokens=1, block_n=512, expand_warps=4, pdl=True)
 _DEFAULT_GATHER = dataclasses.replace(_SM90_GATHER, pdl=False)
 # The interpreter: small blocks, and a bound that lets the rule pick it for the smallest batches, so that CI
 # runs the dispatch that way too (the tests also force it).
 _INTERPRETER_GATHER = GatherConfig(max_tokens=16, min_adapter_share=0.5, shrink_tokens=2, k_chunk=64, block_k=32,
-                                   shrink_warps=4, expand_tokens=4, block_n=32, expand_warps=4, pdl=False,
-                                   one_min_tokens=8, one_block_k=32, one_block_n=16, one_warps=4, one_programs=4)
+                                   shrink_warps=4, expand_tokens=4, block_n=32, expand_warps=4, pdl=False)
 
 
 def hopper_gather_config() -> GatherConfig:

@@ -50,8 +50,8 @@ def column_slice(
     N0: tl.constexpr,
     N1: tl.constexpr,
     N2: tl.constexpr,
-    G0,  # constexpr or not, as the caller's
-    G1,
+    G0: tl.constexpr,
+    G1: tl.constexpr,
     NUM_SLICES: tl.constexpr,
 ):
     """The slice that column group g falls in (groups run slice by slice: [0, G0) is slice 0, then G1 groups of

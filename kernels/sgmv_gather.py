@@ -14,16 +14,14 @@ of them).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from .configs import GatherConfig, num_sms
+from .configs import GatherConfig
 from .sgmv_expand import b_vector, column_slice, slice_ptr
 
-__all__ = ["gather_plan", "one_launch_plan", "sgmv_gather"]
+__all__ = ["gather_plan", "sgmv_gather"]
 
 
 def gather_plan(k: int, cfg: GatherConfig) -> tuple[int, int, int]:
@@ -179,117 +177,6 @@ def _gather_expand_kernel(
     tl.store(y_ptrs, (yv.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
-@triton.jit(do_not_specialize=["T", "G0", "G1", "group_n"])
-def _gather_one_kernel(
-    y_ptr,  # [T, >= sum N_i]: column offsets 0, N0, N0 + N1 of y's view
-    x_ptr,  # [T, K]
-    a0_ptr,  # [S, R, K] slice 0
-    a1_ptr,  # [S, R, K] slice 1 (a0 again when NUM_SLICES < 2)
-    a2_ptr,  # [S, R, K] slice 2 (a0 again when NUM_SLICES < 3)
-    b0_ptr,  # [S, N0, R] slice 0
-    b1_ptr,  # [S, N1, R] slice 1 (b0 again when NUM_SLICES < 2)
-    b2_ptr,  # [S, N2, R] slice 2 (b0 again when NUM_SLICES < 3)
-    ranks_ptr,  # [NUM_SLICES, S] integer
-    scales_ptr,  # [S] float32
-    slots_ptr,  # [T] integer, -1 = no adapter
-    T,
-    K,
-    G0,  # column groups (group_n columns each) of slice 0
-    G1,  # of slice 1 (slice 2's follow)
-    group_n,  # columns per program, a multiple of BLOCK_N (with G0, G1: set by the batch size, not compiled in)
-    stride_xt,
-    stride_xk,
-    stride_as,
-    stride_ar,
-    stride_ak,
-    stride_yt,
-    stride_yn,
-    stride_b0s,
-    stride_b1s,
-    stride_b2s,
-    stride_bn,
-    stride_br,
-    stride_rank_slice,
-    N0: tl.constexpr,
-    N1: tl.constexpr,
-    N2: tl.constexpr,
-    EVEN_K: tl.constexpr,  # K is a multiple of BLOCK_K: no K mask on the first step
-    NUM_SLICES: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    R_VEC: tl.constexpr,  # B's elements per load: 16 bytes where each row starts aligned to them (b_vector)
-    BLOCK_K: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    N_VEC: tl.constexpr,  # a power of two (<= 16) dividing every N_i
-):
-    """Semantics: for the token t of program (g, t), s = slots[t], the slice sl and columns of column group g,
-    r = ranks[sl, s] > 0: y[t, off_sl + cols] += scales[s] * (x[t] @ A_sl[s, :r].T) @ B_sl[s, cols, :r].T.
-
-    One launch: the program walks the whole K for its token (one step's loads ahead of the products), then
-    its columns (one column block ahead); a token's column groups each redo its shrink (A from L2 after the
-    first). The first column block's B and y do not depend on the shrink: they are loaded before it."""
-    t = tl.program_id(1)
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_n = tl.arange(0, BLOCK_N)
-    sl, b_ptr, stride_bs, n_size, n_off, g = column_slice(tl.program_id(0), b0_ptr, b1_ptr, b2_ptr, stride_b0s,
-                                                           stride_b1s, stride_b2s, N0, N1, N2, G0, G1, NUM_SLICES)
-    slot32 = tl.load(slots_ptr + t)
-    if slot32 >= 0:
-        slot = slot32.to(tl.int64)
-        rank = tl.load(ranks_ptr + sl * stride_rank_slice + slot)
-        if rank > 0:
-            scale = tl.load(scales_ptr + slot)
-            # B's rank columns in whole 16-byte groups (one vector load each); the columns past the rank are
-            # zeroed before use: the pool's padding is never trusted to be finite.
-            r_load = (offs_r // R_VEC) < tl.cdiv(rank, R_VEC)
-            r_in = offs_r < rank
-            # Hints the compiler cannot derive (group_n is not specialised, n_size and n_off come from the
-            # slice): column masks and y's addresses hold for N_VEC columns at a time, so y moves in vectors.
-            n = tl.multiple_of(g * tl.multiple_of(group_n, BLOCK_N), BLOCK_N) + offs_n
-            n_size = tl.multiple_of(n_size, N_VEC)
-            n_off = tl.multiple_of(n_off, N_VEC)
-            b_rows = tl.multiple_of(n * stride_bn, R_VEC)  # rows start R_VEC-aligned (the host checked stride_bn)
-            b_ptrs = b_ptr + slot * stride_bs + b_rows[:, None] + offs_r[None, :] * stride_br
-            y_ptrs = y_ptr + t.to(tl.int64) * stride_yt + (n_off + n) * stride_yn
-            bv = tl.load(b_ptrs, mask=(n < n_size)[:, None] & r_load[None, :], other=0.0)
-            yv = tl.load(y_ptrs, mask=n < n_size, other=0.0)
-            # The shrink: h = x[t] @ A[s, :r].T over the whole K, the next step's loads in flight during a step's
-            # products (the last iteration's loads are masked off).
-            a_ptr = slice_ptr(sl, a0_ptr, a1_ptr, a2_ptr, NUM_SLICES)
-            x_ptrs = x_ptr + t.to(tl.int64) * stride_xt + offs_k * stride_xk
-            a_ptrs = a_ptr + slot * stride_as + offs_r[:, None] * stride_ar + offs_k[None, :] * stride_ak
-            if EVEN_K:
-                xv = tl.load(x_ptrs)
-                av = tl.load(a_ptrs, mask=r_in[:, None], other=0.0)
-            else:
-                xv = tl.load(x_ptrs, mask=offs_k < K, other=0.0)
-                av = tl.load(a_ptrs, mask=r_in[:, None] & (offs_k < K)[None, :], other=0.0)
-            h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-            for k in range(BLOCK_K, K + BLOCK_K, BLOCK_K):
-                x_ptrs += BLOCK_K * stride_xk
-                a_ptrs += BLOCK_K * stride_ak
-                k_in = (k + offs_k) < K
-                x_next = tl.load(x_ptrs, mask=k_in, other=0.0)
-                a_next = tl.load(a_ptrs, mask=r_in[:, None] & k_in[None, :], other=0.0)
-                h += tl.sum(av.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
-                xv = x_next
-                av = a_next
-            h = tl.where(r_in, h * scale, 0.0)
-            # The expand over the group's column blocks, the next block's B and y in flight.
-            for n0 in range(0, group_n, BLOCK_N):
-                n_next = n + BLOCK_N
-                n_in = (n_next < n_size) & (n0 + BLOCK_N < group_n)  # the group's blocks only
-                b_next = tl.load(b_ptrs + BLOCK_N * stride_bn, mask=n_in[:, None] & r_load[None, :], other=0.0)
-                y_next = tl.load(y_ptrs + BLOCK_N * stride_yn, mask=n_in, other=0.0)
-                bf = tl.where(r_in[None, :], bv.to(tl.float32), 0.0)
-                delta = tl.sum(bf * h[None, :], axis=1)  # [BLOCK_N]
-                tl.store(y_ptrs, (yv.to(tl.float32) + delta).to(y_ptr.dtype.element_ty), mask=n < n_size)
-                b_ptrs += BLOCK_N * stride_bn
-                y_ptrs += BLOCK_N * stride_yn
-                n = n_next
-                bv = b_next
-                yv = y_next
-
 def sgmv_gather(
     y: torch.Tensor,  # [T, sum N_i]
     x: torch.Tensor,  # [T, K]
@@ -301,13 +188,10 @@ def sgmv_gather(
     cfg: GatherConfig,
 ) -> torch.Tensor:
     """The shrink then the expand, both gathering per token (a programmatic dependent launch where cfg.pdl
-    and the device allow), or both in one launch for batches of at least cfg.one_min_tokens tokens, on
-    inputs that sgmv.check_inputs checked; returns y."""
+    and the device allow), on inputs that sgmv.check_inputs checked; returns y."""
     t, k = x.shape
     if t == 0:
         return y
-    if t >= cfg.one_min_tokens:
-        return _gather_one_launch(y, x, lora_a, lora_b, ranks, scales, token_slots, cfg)
     num_slices = len(lora_a)
     a0, b0 = lora_a[0], lora_b[0]
     r_vec = b_vector(b0)
@@ -337,44 +221,5 @@ def sgmv_gather(
         EVEN_N=all(n % block_n == 0 for n in widths), NUM_SLICES=num_slices, SPLIT_K=split_k,
         TOKENS=cfg.expand_tokens, BLOCK_R=block_r, R_VEC=r_vec, BLOCK_N=block_n, PDL_WAIT=pdl,
         num_warps=cfg.expand_warps, **({"launch_pdl": True} if pdl else {}),
-    )  # fmt: skip
-    return y
-
-
-def one_launch_plan(t: int, k: int, widths: list[int], block_r: int, cfg: GatherConfig, sms: int) -> tuple[int, int, int]:
-    """(block_k, block_n, group_n) of the one-launch kernel for t tokens: the K step and column block (A and B
-    tiles of at most 16384 and 8192 elements), and the columns per program, a multiple of block_n cut so that
-    tokens x column groups reach cfg.one_programs per multiprocessor (a whole slice per program when the
-    tokens alone do)."""
-    block_k = min(cfg.one_block_k, 16384 // block_r, max(16, triton.next_power_of_2(k)))
-    widest = max(widths)
-    block_n = min(cfg.one_block_n, 8192 // block_r, max(16, triton.next_power_of_2(widest)))
-    groups = max(1, triton.cdiv(cfg.one_programs * sms, t))
-    group_n = triton.cdiv(triton.cdiv(widest, groups), block_n) * block_n
-    return block_k, block_n, group_n
-
-
-def _gather_one_launch(y, x, lora_a, lora_b, ranks, scales, token_slots, cfg: GatherConfig) -> torch.Tensor:
-    """sgmv_gather's one-launch form (_gather_one_kernel)."""
-    t, k = x.shape
-    num_slices = len(lora_a)
-    a0, b0 = lora_a[0], lora_b[0]
-    r_vec = b_vector(b0)
-    block_r = max(4, r_vec, triton.next_power_of_2(a0.shape[1]))
-    widths = [b.shape[1] for b in lora_b] + [0] * (3 - num_slices)
-    block_k, block_n, group_n = one_launch_plan(t, k, widths, block_r, cfg, num_sms(x.device))
-    groups = [triton.cdiv(n, group_n) for n in widths]
-    a1 = lora_a[1] if num_slices > 1 else a0
-    a2 = lora_a[2] if num_slices > 2 else a0
-    b1 = lora_b[1] if num_slices > 1 else b0
-    b2 = lora_b[2] if num_slices > 2 else b0
-    _gather_one_kernel[(sum(groups), t)](
-        y, x, a0, a1, a2, b0, b1, b2, ranks, scales, token_slots, t, k, groups[0], groups[1], group_n,
-        x.stride(0), x.stride(1), a0.stride(0), a0.stride(1), a0.stride(2), y.stride(0), y.stride(1),
-        b0.stride(0), b1.stride(0), b2.stride(0), b0.stride(1), b0.stride(2), ranks.stride(0),
-        N0=widths[0], N1=widths[1], N2=widths[2], EVEN_K=k % block_k == 0, NUM_SLICES=num_slices,
-        BLOCK_R=block_r, R_VEC=r_vec, BLOCK_K=block_k, BLOCK_N=block_n,
-        N_VEC=math.gcd(16, *widths[:num_slices]),
-        num_warps=cfg.one_warps,
     )  # fmt: skip
     return y

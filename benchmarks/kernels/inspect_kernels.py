@@ -15,7 +15,6 @@ still the GPU machine's question (benchmarks/kernels/bench_sgmv.py, sweep_*.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -155,8 +154,6 @@ def _cases() -> dict[str, Callable[[], object]]:
 
         cases[f"expand {label}"] = expand
         cases[f"gather {label}"] = lambda: sgmv_gather(y, x, a, b, ranks, scales, token_slots, _SM90_GATHER)
-        one = dataclasses.replace(_SM90_GATHER, one_min_tokens=0)
-        cases[f"gather one launch {label}"] = lambda: sgmv_gather(y, x, a, b, ranks, scales, token_slots, one)
         if one_launch:  # the two one-launch paths, forced (the Hopper table picks neither)
             cases[f"whole-K one launch {label}"] = lambda: sgmv_fused(y, x, a, b, ranks, scales, meta,
                                                                       fused_config(torch.device("cuda")))  # fmt: skip

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sgmv import Timer, calibration, copy_bandwidth, warm_up  # noqa: E402
 
 from loraledger.kernels import LoraMeta, lora_apply_fused_ref  # noqa: E402
-from loraledger.kernels.configs import GatherConfig, gather_config, hopper_gather_config  # noqa: E402
+from loraledger.kernels.configs import GatherConfig, gather_config, sgmv_config  # noqa: E402
 from loraledger.kernels.sgmv import sgmv, sgmv_gathered  # noqa: E402
 
 DTYPE = torch.bfloat16
@@ -51,12 +51,10 @@ EXPANDS = ((1, 256, 4), (1, 512, 4), (2, 256, 4), (4, 128, 4), (1, 128, 2), (1, 
 
 
 def variant(shrink: tuple, expand: tuple, max_tokens: int = 256) -> GatherConfig:
-    """A pair of launches (never the one-launch form) with these shrink and expand parameters."""
     st, kc, bk, sw = shrink
     et, bn, ew = expand
-    return dataclasses.replace(hopper_gather_config(), max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc, block_k=bk,
-                               shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True,
-                               one_min_tokens=1 << 62)
+    return GatherConfig(max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc, block_k=bk, shrink_warps=sw,
+                        expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
 
 def variants() -> dict[str, GatherConfig]:

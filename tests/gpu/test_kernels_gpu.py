@@ -59,15 +59,14 @@ def test_kernels_match_float64_reference(case: Case, path: str, dtype: str) -> N
 
 
 def _forced(path: str):
-    """lora_apply_fused's signature on one forced path: "one" (whole-K) launch, "two", "coop", "gather" or
-    "gather1" (which take no metadata)."""
+    """lora_apply_fused's signature on one forced path: "one" (whole-K) launch, "two", "coop" or "gather"
+    (which takes no metadata)."""
     from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
-    if path in ("gather", "gather1"):
+    if path == "gather":
 
         def gathered(y, x, lora_a, lora_b, ranks, scales, token_slots, *, meta=None):
-            return sgmv_gathered(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots,
-                                 cases.gather_form(path, x.device))
+            return sgmv_gathered(y, x, tuple(lora_a), tuple(lora_b), ranks, scales, token_slots)
 
         return gathered
     run = {"one": sgmv_one_launch, "two": sgmv, "coop": sgmv_cooperative}[path]
@@ -78,7 +77,7 @@ def _forced(path: str):
     return apply
 
 
-@pytest.mark.parametrize("path", ["one", "two", "coop", "gather", "gather1"])
+@pytest.mark.parametrize("path", ["one", "two", "coop", "gather"])
 def test_no_host_synchronisation_on_each_path(path: str) -> None:
     """Each path, with the metadata built with and without the adapters hint, never waits for the device."""
     from loraledger.kernels import LoraMeta
@@ -132,7 +131,7 @@ def test_no_host_synchronisation() -> None:
     torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("path", ["auto", "one", "two", "coop", "gather", "gather1"])
+@pytest.mark.parametrize("path", ["auto", "one", "two", "coop", "gather"])
 def test_cuda_graph_replays_with_new_batches(path: str) -> None:
     """The engine's pattern: capture meta.build + the projections once, then per step copy new token
     slots and activations into the static buffers and replay. Many steps and replays: the cooperative
@@ -223,23 +222,17 @@ def test_every_table_config_runs_two_launches_without_pdl() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gather_variants_agree_and_match_the_reference(dtype: str) -> None:
     """The token-gather pair over its launch parameters (tokens per program, K chunks, column blocks, PDL on
-    and off) and its one-launch form over its own (K step, column block, warps, column groups) on qkv under
-    GQA and a long-K down: every variant within tolerance of float64, and the PDL flag changes no bit."""
+    and off) on qkv under GQA and a long-K down: every variant within tolerance of float64, and the PDL
+    flag changes no bit."""
     from loraledger.kernels.configs import GatherConfig
     from loraledger.kernels.sgmv import sgmv_gathered
 
     def cfg(st: int, kc: int, bk: int, sw: int, et: int, bn: int, ew: int) -> GatherConfig:
         return GatherConfig(max_tokens=64, min_adapter_share=0.5, shrink_tokens=st, k_chunk=kc, block_k=bk,
-                            shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True,
-                            one_min_tokens=1 << 62, one_block_k=1024, one_block_n=512, one_warps=4, one_programs=2)
-
-    def one(bk: int, bn: int, warps: int, programs: int) -> GatherConfig:  # the one-launch form
-        return dataclasses.replace(cfg(1, 512, 256, 4, 1, 256, 4), one_min_tokens=0, one_block_k=bk, one_block_n=bn,
-                                   one_warps=warps, one_programs=programs)
+                            shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
     variants = [cfg(1, 512, 256, 4, 1, 256, 4), cfg(2, 1024, 256, 8, 2, 512, 8), cfg(4, 256, 128, 4, 4, 128, 4),
-                cfg(1, 512, 128, 2, 1, 1024, 8), one(1024, 512, 4, 2), one(512, 256, 8, 8), one(2048, 1024, 8, 1),
-                one(256, 128, 4, 64)]
+                cfg(1, 512, 128, 2, 1, 1024, 8)]
     shapes = (
         Case("gather_qkv", 61, 4096, (4096, 1024, 1024), 40, 16, "random"),
         Case("gather_down", 37, 14336, (4096,), 40, 8, "distinct"),

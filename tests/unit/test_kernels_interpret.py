@@ -6,8 +6,8 @@ its case's result. tests/gpu/test_kernels_gpu.py imports the case helpers from h
 
 Every case runs on each path: "auto" (the public operator, which picks one), "one" (the one-launch
 whole-K kernel, kernels/sgmv_fused.py), "two" (split-K shrink, then expand), "coop" (the same split-K
-in one cooperative launch, kernels/sgmv_coop.py; one program under the interpreter), "gather" (the
-token-gather pair, kernels/sgmv_gather.py) and "gather1" (the token-gather kernel's one-launch form).
+in one cooperative launch, kernels/sgmv_coop.py; one program under the interpreter) and "gather" (the
+token-gather pair, kernels/sgmv_gather.py).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ CASES = (
     # One adapter, one tile: the table's few-tiles rule cuts K into 25 chunks instead of 13.
     Case("few_tiles_long_k", 9, 1600, (40,), 3, 16, "shared", hint=True),
 )
-PATHS = ("auto", "one", "two", "coop", "gather", "gather1")
+PATHS = ("auto", "one", "two", "coop", "gather")
 
 
 def make_inputs(
@@ -134,17 +134,9 @@ def make_inputs(
     }
 
 
-def gather_form(path: str, device: torch.device):
-    """The table's gather config forced to its pair of launches ("gather") or its one launch ("gather1")."""
-    from loraledger.kernels.configs import gather_config
-
-    return dataclasses.replace(gather_config(device), one_min_tokens=0 if path == "gather1" else 1 << 62)
-
-
 def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
     """Run the public operator ("auto"), or force the whole-K launch ("one"), split-K in two ("two") or in
-    one cooperative launch ("coop"), or the token-gather pair ("gather") or its one launch ("gather1"), on
-    inp in place."""
+    one cooperative launch ("coop"), or the token-gather pair ("gather"), on inp in place."""
     from loraledger.kernels import LoraMeta, lora_apply, lora_apply_fused
     from loraledger.kernels.sgmv import sgmv, sgmv_cooperative, sgmv_gathered, sgmv_one_launch
 
@@ -157,8 +149,8 @@ def apply_case(case: Case, inp: dict, path: str = "auto") -> None:
         slots = inp["token_slots"].cpu()
         hint = len(set(slots[slots >= 0].tolist())) if case.hint else None
         meta.build(inp["token_slots"], case.block_t, num_adapters=hint)
-    if path in ("gather", "gather1"):  # no metadata: token_slots alone
-        sgmv_gathered(*args, cfg=gather_form(path, inp["x"].device))
+    if path == "gather":  # no metadata: token_slots alone
+        sgmv_gathered(*args)
         return
     if (case.block_t is not None or case.max_splits is not None) and path != "one":
         from loraledger.kernels.configs import sgmv_config
