@@ -5,7 +5,7 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…44
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…46
 # the sessions' calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
@@ -478,6 +478,24 @@ elif [[ "${PART}" == 44 ]]; then  # seventh session, call 5: the final tree: the
     run decode_step_8b 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica --batches 64 \
         --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b.json"
     grep -h "roofline .* ms" "$OUT"/decode_step_*.log
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 45 ]]; then  # eighth session, call 1: sgmv_gather's one-launch form (commit 2643143, reverted in
+    # fe21171 after this call; the block as run): its GPU tests while Triton's cache warmed, then its sweep alone
+    echo "PART=45 needs 2643143's tree (benchmarks/kernels/sweep_gather_one.py, GatherConfig.one_*)" >&2
+    git show 2643143:benchmarks/device_session.sh | sed -n '/PART}" == 45/,/^elif/p' >&2
+elif [[ "${PART}" == 46 ]]; then  # eighth session, call 2: the gather pair past 256 tokens (distinct and partly shared
+    # adapters, its parameters around the table's; Triton's cache warmed in parallel first), then the anchor cases
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 240 $PY sweep_gather.py --set large --compile-only --shard $i/8 \
+            >"$OUT/compile_$i.log" 2>&1) &
+    done
+    wait
+    tail -n 2 "$OUT"/compile_*.log
+    (cd benchmarks/kernels && run sweep_gather_large 330 $PY sweep_gather.py --set large --budget-s 240 \
+        --out "$OUT/sweep_gather_large.json")
+    tail -n 16 "$OUT/sweep_gather_large.log"
+    (cd benchmarks/kernels && run sgmv_anchors 240 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
+    tail -n 25 "$OUT/sgmv_anchors.log"
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
     # test, then the full bench_sgmv grid on the final table

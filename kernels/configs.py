@@ -218,7 +218,11 @@ class GatherConfig:
 
     max_tokens, min_adapter_share: the rule picks the path for a batch of at most max_tokens tokens whose
     distinct adapters, as the caller counted them on the host, are at least min_adapter_share of its tokens
-    (each token reads its own adapter's rows: tokens sharing one read them again, from L2).
+    (each token reads its own adapter's rows: tokens sharing one read them again, from L2 while the batch's
+    adapters fit in it).
+    large_tokens, large_min_adapter_share: a batch of more than large_tokens tokens needs a share of at least
+    large_min_adapter_share instead (its adapters' rows no longer fit in L2: a shared adapter is read again
+    from memory).
     shrink_tokens, expand_tokens: tokens per program (powers of two).
     k_chunk, block_k: the shrink's K per program (split-K) and the step it is walked in.
     block_n: the expand's columns per program.
@@ -227,6 +231,8 @@ class GatherConfig:
 
     max_tokens: int
     min_adapter_share: float
+    large_tokens: int
+    large_min_adapter_share: float
     shrink_tokens: int
     k_chunk: int
     block_k: int
@@ -242,12 +248,14 @@ class GatherConfig:
 # blocks) took 0.97x the time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x at 128 and 0.76x at 256
 # (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
 # (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it was even (1.01x).
-_SM90_GATHER = GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=256,
+_SM90_GATHER = GatherConfig(max_tokens=1024, min_adapter_share=0.5, large_tokens=256, large_min_adapter_share=0.75,
+                            shrink_tokens=1, k_chunk=1024, block_k=256,
                             shrink_warps=4, expand_tokens=1, block_n=512, expand_warps=4, pdl=True)
 _DEFAULT_GATHER = dataclasses.replace(_SM90_GATHER, pdl=False)
 # The interpreter: small blocks, and a bound that lets the rule pick it for the smallest batches, so that CI
 # runs the dispatch that way too (the tests also force it).
-_INTERPRETER_GATHER = GatherConfig(max_tokens=16, min_adapter_share=0.5, shrink_tokens=2, k_chunk=64, block_k=32,
+_INTERPRETER_GATHER = GatherConfig(max_tokens=16, min_adapter_share=0.5, large_tokens=8, large_min_adapter_share=0.75,
+                                   shrink_tokens=2, k_chunk=64, block_k=32,
                                    shrink_warps=4, expand_tokens=4, block_n=32, expand_warps=4, pdl=False)
 
 
@@ -259,9 +267,10 @@ def hopper_gather_config() -> GatherConfig:
 def prefers_gather(cfg: GatherConfig, num_tokens: int, num_adapters: int | None) -> bool:
     """Whether the token-gather pair is expected to beat the tile kernels for num_tokens tokens of
     num_adapters distinct adapters (None: not known, which keeps the tile kernels)."""
-    if num_adapters is None or num_tokens == 0:
+    if num_adapters is None or num_tokens == 0 or num_tokens > cfg.max_tokens:
         return False
-    return num_tokens <= cfg.max_tokens and num_adapters >= cfg.min_adapter_share * num_tokens
+    share = cfg.large_min_adapter_share if num_tokens > cfg.large_tokens else cfg.min_adapter_share
+    return num_adapters >= share * num_tokens
 
 
 @functools.lru_cache(maxsize=16)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sgmv import Timer, calibration, copy_bandwidth, warm_up  # noqa: E402
 
 from loraledger.kernels import LoraMeta, lora_apply_fused_ref  # noqa: E402
-from loraledger.kernels.configs import GatherConfig, gather_config, sgmv_config  # noqa: E402
+from loraledger.kernels.configs import GatherConfig, gather_config, hopper_gather_config  # noqa: E402
 from loraledger.kernels.sgmv import sgmv, sgmv_gathered  # noqa: E402
 
 DTYPE = torch.bfloat16
@@ -49,17 +49,25 @@ SHRINKS = ((1, 512, 256, 4), (1, 1024, 256, 4), (1, 256, 256, 4), (2, 512, 256, 
            (1, 512, 128, 2), (2, 256, 256, 8))
 EXPANDS = ((1, 256, 4), (1, 512, 4), (2, 256, 4), (4, 128, 4), (1, 128, 2), (1, 1024, 8), (2, 512, 8))
 
+# --set large: batches past 256 tokens, distinct or partly shared adapters, around the table's pair.
+LARGE_BATCHES = ((256, 256), (256, 192), (512, 512), (512, 384), (512, 256), (1024, 1024), (1024, 896), (1024, 768),
+                 (1024, 640), (1024, 512))
+LARGE_SHRINKS = ((1, 1024, 256, 4), (1, 2048, 256, 4), (1, 512, 256, 4), (2, 1024, 256, 4), (1, 1024, 256, 8),
+                 (1, 1024, 512, 8))
+LARGE_EXPANDS = ((1, 512, 4), (1, 1024, 4), (1, 1024, 8), (2, 512, 4), (1, 256, 4), (1, 512, 8))
+SETS = {"small": (BATCHES, SHRINKS, EXPANDS, 64), "large": (LARGE_BATCHES, LARGE_SHRINKS, LARGE_EXPANDS, 1 << 30)}
 
-def variant(shrink: tuple, expand: tuple, max_tokens: int = 256) -> GatherConfig:
+
+def variant(shrink: tuple, expand: tuple, max_tokens: int = 1024) -> GatherConfig:
     st, kc, bk, sw = shrink
     et, bn, ew = expand
-    return GatherConfig(max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc, block_k=bk, shrink_warps=sw,
-                        expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
+    return dataclasses.replace(hopper_gather_config(), max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc,
+                               block_k=bk, shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
 
-def variants() -> dict[str, GatherConfig]:
-    out = {f"s{i}": variant(s, EXPANDS[0]) for i, s in enumerate(SHRINKS)}
-    out |= {f"e{i}": variant(SHRINKS[0], e) for i, e in enumerate(EXPANDS) if i}
+def variants(shrinks: tuple = SHRINKS, expands: tuple = EXPANDS) -> dict[str, GatherConfig]:
+    out = {f"s{i}": variant(s, expands[0]) for i, s in enumerate(shrinks)}
+    out |= {f"e{i}": variant(shrinks[0], e) for i, e in enumerate(expands) if i}
     return out
 
 
@@ -75,8 +83,8 @@ class Case:
         return f"{self.form} r{self.rank} T={self.t} n={self.n}"
 
 
-def cases(forms: list[str], ranks: list[int]) -> list[Case]:
-    return [Case(f, r, t, n) for t, n in BATCHES for f in forms for r in ranks]
+def cases(forms: list[str], ranks: list[int], batches: tuple = BATCHES) -> list[Case]:
+    return [Case(f, r, t, n) for t, n in batches for f in forms for r in ranks]
 
 
 class Inputs:
@@ -108,11 +116,15 @@ class Inputs:
         return lambda: sgmv_gathered(*self.args(), cfg)
 
     def error(self, run) -> float:
+        """One application's relative error against float64 (the reference computed once per Inputs); y is
+        restored after."""
         y0 = self.y.clone()
+        if getattr(self, "_ref", None) is None:
+            self._ref = y0.double()
+            lora_apply_fused_ref(self._ref, self.x.double(), tuple(a.double() for a in self.a),
+                                 tuple(b.double() for b in self.b), self.ranks, self.scales.double(), self.slots)
         run()
-        ref = y0.double()
-        lora_apply_fused_ref(ref, self.x.double(), tuple(a.double() for a in self.a),
-                             tuple(b.double() for b in self.b), self.ranks, self.scales.double(), self.slots)
+        ref = self._ref
         err = ((self.y.double() - ref).norm() / (ref - y0.double()).norm()).item()
         self.y.copy_(y0)
         return err
@@ -131,9 +143,12 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--budget-s", type=float, default=1e9)
+    parser.add_argument("--set", choices=SETS, default="small",
+                        help="small: T <= 256 (scored over T <= 64); large: T = 256 to 1024, partly shared (all scored)")
     args = parser.parse_args()
-    todo = cases(args.forms.split(","), [int(r) for r in args.ranks.split(",")])
-    var = variants()
+    batches, shrinks, expands, score_t = SETS[args.set]
+    todo = cases(args.forms.split(","), [int(r) for r in args.ranks.split(",")], batches)
+    var = variants(shrinks, expands)
     if args.compile_only:
         i, n = (int(v) for v in args.shard.split("/"))
         for j, case in enumerate(todo):
@@ -149,7 +164,7 @@ def main() -> None:
     warm_up()
     bw = copy_bandwidth(timer)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_bw_TBps": bw / 1e12,
-            "calibration": calibration(timer), "shrinks": SHRINKS, "expands": EXPANDS,
+            "calibration": calibration(timer), "set": args.set, "shrinks": shrinks, "expands": expands,
             "table_gather": dataclasses.asdict(gather_config(torch.device("cuda")))}
     print(json.dumps(info), flush=True)
     rows = []
@@ -172,12 +187,12 @@ def main() -> None:
               f"err {max(row['err'].values()):.1e}", flush=True)
         rows.append(row)
         del inp
-    # The best shrink and the best expand by geometric mean over the cases (T <= 64), then that pair.
-    small = [r for r in rows if r["t"] <= 64]
+    # The best shrink and the best expand by geometric mean over the set's scored cases, then that pair.
+    small = [r for r in rows if r["t"] <= score_t]
     score = {name: geomean([r["us"][name] / r["two_us"] for r in small]) for name in var}
     best_s = min((n for n in var if n.startswith("s")), key=score.get)
     best_e = min(["s0", *(n for n in var if n.startswith("e"))], key=score.get)
-    combo = variant(SHRINKS[int(best_s[1:])], EXPANDS[0 if best_e == "s0" else int(best_e[1:])])
+    combo = variant(shrinks[int(best_s[1:])], expands[0 if best_e == "s0" else int(best_e[1:])])
     info |= {"score": score, "best_shrink": best_s, "best_expand": best_e, "combo": dataclasses.asdict(combo)}
     for row in rows:
         inp = Inputs(Case(row["form"], row["rank"], row["t"], row["n"]))
@@ -187,9 +202,9 @@ def main() -> None:
     info["copy_bw_end_TBps"] = copy_bandwidth(timer) / 1e12
     info["timing_spread_max"] = max(timer.spread)
     args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
-    print(f"score (gather / two, geomean over T <= 64): " + ", ".join(f"{k} {v:.3f}" for k, v in score.items()))
+    print(f"score (gather / two, geomean over the scored cases): " + ", ".join(f"{k} {v:.3f}" for k, v in score.items()))
     print(f"combo {best_s}+{best_e}: {combo}")
-    for t, n in BATCHES:
+    for t, n in batches:
         sel = [r for r in rows if (r["t"], r["n"]) == (t, n)]
         if sel:
             print(f"T={t} n={n}: combo / two {geomean([r['us']['combo'] / r['two_us'] for r in sel]):.3f}, "

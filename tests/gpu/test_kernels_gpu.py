@@ -228,7 +228,8 @@ def test_gather_variants_agree_and_match_the_reference(dtype: str) -> None:
     from loraledger.kernels.sgmv import sgmv_gathered
 
     def cfg(st: int, kc: int, bk: int, sw: int, et: int, bn: int, ew: int) -> GatherConfig:
-        return GatherConfig(max_tokens=64, min_adapter_share=0.5, shrink_tokens=st, k_chunk=kc, block_k=bk,
+        return GatherConfig(max_tokens=64, min_adapter_share=0.5, large_tokens=64, large_min_adapter_share=0.5,
+                            shrink_tokens=st, k_chunk=kc, block_k=bk,
                             shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
     variants = [cfg(1, 512, 256, 4, 1, 256, 4), cfg(2, 1024, 256, 8, 2, 512, 8), cfg(4, 256, 128, 4, 4, 128, 4),

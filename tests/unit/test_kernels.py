@@ -203,7 +203,9 @@ def test_gather_rule_takes_small_batches_of_mostly_distinct_adapters() -> None:
     hopper = hopper_gather_config()
     assert prefers_gather(hopper, 64, 64) and prefers_gather(hopper, 256, 128)  # distinct enough, small enough
     assert not prefers_gather(hopper, 64, 8)  # tokens share adapters: the tile kernels read each once
-    assert not prefers_gather(hopper, 512, 512)  # past max_tokens
+    assert prefers_gather(hopper, 1024, 1024) and prefers_gather(hopper, 512, 384)
+    assert not prefers_gather(hopper, 1024, 512)  # past 256 tokens half shared is too many: read again from memory
+    assert not prefers_gather(hopper, 2048, 2048)  # past max_tokens
     assert not prefers_gather(hopper, 64, None)  # the count unknown: the tile kernels
     assert not prefers_gather(hopper, 0, 0)
 
