@@ -103,7 +103,7 @@ def prefers_gather(num_tokens: int, num_adapters: int | None, device: torch.devi
         return False
     from .configs import gather_config, prefers_gather as rule
 
-    return rule(gather_config(device), num_tokens, num_adapters)
+    return rule(gather_config(device, num_tokens), num_tokens, num_adapters)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,7 +138,7 @@ def _triton_apply(
     from .sgmv_fused import sgmv_fused
 
     t = x.shape[0]
-    gcfg = gather_config(x.device)
+    gcfg = gather_config(x.device, t)
     if gather is None:
         gather = meta is not None and meta.num_tokens == t and gather_rule(gcfg, t, meta.num_adapters)
     if gather:

@@ -216,13 +216,10 @@ def prefers_fused(
 class GatherConfig:
     """Launch parameters of the token-gather path (kernels/sgmv_gather.py) and the rule that picks it.
 
-    max_tokens, min_adapter_share: the rule picks the path for a batch of at most max_tokens tokens whose
-    distinct adapters, as the caller counted them on the host, are at least min_adapter_share of its tokens
-    (each token reads its own adapter's rows: tokens sharing one read them again, from L2 while the batch's
-    adapters fit in it).
-    large_tokens, large_min_adapter_share: a batch of more than large_tokens tokens needs a share of at least
-    large_min_adapter_share instead (its adapters' rows no longer fit in L2: a shared adapter is read again
-    from memory).
+    max_tokens, min_adapter_share: the largest batch of this config's bucket, and the rule: the path is
+    picked for a batch whose distinct adapters, as the caller counted them on the host, are at least
+    min_adapter_share of its tokens (each token reads its own adapter's rows: tokens sharing one read them
+    again, from L2 while the batch's adapters fit in it, from memory past that).
     shrink_tokens, expand_tokens: tokens per program (powers of two).
     k_chunk, block_k: the shrink's K per program (split-K) and the step it is walked in.
     block_n: the expand's columns per program.
@@ -231,8 +228,6 @@ class GatherConfig:
 
     max_tokens: int
     min_adapter_share: float
-    large_tokens: int
-    large_min_adapter_share: float
     shrink_tokens: int
     k_chunk: int
     block_k: int
@@ -243,42 +238,65 @@ class GatherConfig:
     pdl: bool
 
 
-# Hopper, from benchmarks/kernels/sweep_gather.py on an H100 (benchmarks/RESULTS.md, 2026-11-23, sixth session):
-# against the table's two launches, the best pair (one token per program, K chunks of 1024, 512-column expand
-# blocks) took 0.97x the time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x at 128 and 0.76x at 256
-# (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
+# Buckets of batch size, smallest first (a batch past the last bucket takes the tile kernels).
+_GatherTable = tuple[GatherConfig, ...]
+
+# Hopper, from benchmarks/kernels/sweep_gather.py on an H100 (benchmarks/RESULTS.md). Up to 256 tokens (sixth
+# session): against the table's two launches, the best pair (one token per program, K chunks of 1024, 512-column
+# expand blocks) took 0.97x the time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x at 128 and 0.76x at
+# 256 (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
 # (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it was even (1.01x).
-_SM90_GATHER = GatherConfig(max_tokens=1024, min_adapter_share=0.5, large_tokens=256, large_min_adapter_share=0.75,
-                            shrink_tokens=1, k_chunk=1024, block_k=256,
-                            shrink_warps=4, expand_tokens=1, block_n=512, expand_warps=4, pdl=True)
-_DEFAULT_GATHER = dataclasses.replace(_SM90_GATHER, pdl=False)
-# The interpreter: small blocks, and a bound that lets the rule pick it for the smallest batches, so that CI
-# runs the dispatch that way too (the tests also force it).
-_INTERPRETER_GATHER = GatherConfig(max_tokens=16, min_adapter_share=0.5, large_tokens=8, large_min_adapter_share=0.75,
-                                   shrink_tokens=2, k_chunk=64, block_k=32,
-                                   shrink_warps=4, expand_tokens=4, block_n=32, expand_warps=4, pdl=False)
+# 257 to 1024 tokens (eighth session, --set large): distinct adapters 0.57-0.86x the tile kernels' time
+# (rank 8 / 16); with 3/4 of the tokens' adapters distinct 0.64 / 0.92x (worst case 1.03x, up and gate_up at
+# rank 16), with 5/8 0.72 / 1.01x, with half 0.81 / 1.13x (the adapters no longer fit in L2: a shared one is read
+# again from memory), hence the 0.75 share. K steps of 512 with eight shrink warps and 1024-column expand
+# blocks took 0.94-0.97x the first bucket's parameters there.
+_SM90_GATHER: _GatherTable = (
+    GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=256, shrink_warps=4,
+                 expand_tokens=1, block_n=512, expand_warps=4, pdl=True),
+    GatherConfig(max_tokens=1024, min_adapter_share=0.75, shrink_tokens=1, k_chunk=1024, block_k=512, shrink_warps=8,
+                 expand_tokens=1, block_n=1024, expand_warps=4, pdl=True),
+)
+_DEFAULT_GATHER: _GatherTable = tuple(dataclasses.replace(c, pdl=False) for c in _SM90_GATHER)
+# The interpreter: small blocks, and buckets that let the rule pick the path for the smallest batches, so that
+# CI runs the dispatch that way too (the tests also force it).
+_INTERPRETER_GATHER: _GatherTable = (
+    GatherConfig(max_tokens=8, min_adapter_share=0.5, shrink_tokens=2, k_chunk=64, block_k=32, shrink_warps=4,
+                 expand_tokens=4, block_n=32, expand_warps=4, pdl=False),
+    GatherConfig(max_tokens=16, min_adapter_share=0.75, shrink_tokens=1, k_chunk=128, block_k=64, shrink_warps=4,
+                 expand_tokens=2, block_n=64, expand_warps=4, pdl=False),
+)
 
 
-def hopper_gather_config() -> GatherConfig:
-    """The Hopper gather config, without asking a GPU (benchmark reports)."""
-    return _SM90_GATHER
+def hopper_gather_config(num_tokens: int) -> GatherConfig:
+    """The Hopper gather config for num_tokens, without asking a GPU (benchmark reports)."""
+    return _gather_bucket(_SM90_GATHER, num_tokens)
 
 
 def prefers_gather(cfg: GatherConfig, num_tokens: int, num_adapters: int | None) -> bool:
     """Whether the token-gather pair is expected to beat the tile kernels for num_tokens tokens of
-    num_adapters distinct adapters (None: not known, which keeps the tile kernels)."""
+    num_adapters distinct adapters (None: not known, which keeps the tile kernels); cfg is num_tokens'
+    bucket (gather_config)."""
     if num_adapters is None or num_tokens == 0 or num_tokens > cfg.max_tokens:
         return False
-    share = cfg.large_min_adapter_share if num_tokens > cfg.large_tokens else cfg.min_adapter_share
-    return num_adapters >= share * num_tokens
+    return num_adapters >= cfg.min_adapter_share * num_tokens
+
+
+def gather_config(device: torch.device, num_tokens: int) -> GatherConfig:
+    """The token-gather path's config on device (CPU means the interpreter) for a batch of num_tokens: its
+    bucket's, or the last bucket's past it (whose rule then says no)."""
+    return _gather_bucket(_gather_table(device), num_tokens)
 
 
 @functools.lru_cache(maxsize=16)
-def gather_config(device: torch.device) -> GatherConfig:
-    """The token-gather path's config on device (CPU means the interpreter)."""
+def _gather_table(device: torch.device) -> _GatherTable:
     if device.type != "cuda":
         return _INTERPRETER_GATHER
     return _SM90_GATHER if torch.cuda.get_device_capability(device)[0] == 9 else _DEFAULT_GATHER
+
+
+def _gather_bucket(table: _GatherTable, num_tokens: int) -> GatherConfig:
+    return next((cfg for cfg in table if num_tokens <= cfg.max_tokens), table[-1])
 
 
 @functools.lru_cache(maxsize=16)

@@ -159,7 +159,7 @@ def sgmv_gathered(
     """The same operator as sgmv on the token-gather pair (kernels/sgmv_gather.py: no metadata) whatever
     the batch size; returns y. cfg overrides the table's gather config."""
     check_inputs(y, x, lora_a, lora_b, ranks, scales, token_slots)
-    cfg = gather_config(x.device) if cfg is None else cfg
+    cfg = gather_config(x.device, x.shape[0]) if cfg is None else cfg
     return sgmv_gather(y, x, lora_a, lora_b, ranks, scales, token_slots, cfg)
 
 

@@ -416,7 +416,7 @@ def run_case(case: Case, timer: Timer, bw: float, base_cache: dict, with_torch: 
     splits = split_variants(case, cfg)
     # Check before timing: the timed replays keep adding into y, whose growing magnitude would then
     # swamp the delta in bf16.
-    gcfg = gather_config(device)
+    gcfg = gather_config(device, case.t)
     gather_too = case.t <= gcfg.max_tokens
     row["err_two"] = check(inp, inp.ours(cfg))
     if gather_too:
@@ -554,7 +554,7 @@ def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool) ->
         for v in (cfg, *split_variants(case, cfg).values()):
             inp.ours(v)()
             inp.coop(v)()
-        if case.t <= gather_config(device).max_tokens:
+        if case.t <= gather_config(device, case.t).max_tokens:
             inp.gather()()
         if one_launch and case.kind == "decode" and case.t <= FUSED_MAX_T:
             for name, v in variants.items():

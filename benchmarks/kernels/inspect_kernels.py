@@ -117,7 +117,7 @@ def report(name: str, kernel) -> dict:
 def _cases() -> dict[str, Callable[[], object]]:
     """Launch wrappers on CPU tensors of real decode-step shapes (bf16)."""
     from loraledger.kernels import LoraMeta
-    from loraledger.kernels.configs import _SM90_GATHER, fused_config, hopper_sgmv_config
+    from loraledger.kernels.configs import fused_config, hopper_gather_config, hopper_sgmv_config
     from loraledger.kernels.fused_ops_triton import launch_rms_norm, launch_rope_and_cache, launch_silu_and_mul
     from loraledger.kernels.paged_attention import Rotary, paged_attention
     from loraledger.kernels.sgmv_coop import sgmv_coop
@@ -153,7 +153,7 @@ def _cases() -> dict[str, Callable[[], object]]:
             return sgmv_expand(y, b, ranks, scales, ws, meta, cfg, pdl=cfg.pdl)
 
         cases[f"expand {label}"] = expand
-        cases[f"gather {label}"] = lambda: sgmv_gather(y, x, a, b, ranks, scales, token_slots, _SM90_GATHER)
+        cases[f"gather {label}"] = lambda: sgmv_gather(y, x, a, b, ranks, scales, token_slots, hopper_gather_config(t))
         if one_launch:  # the two one-launch paths, forced (the Hopper table picks neither)
             cases[f"whole-K one launch {label}"] = lambda: sgmv_fused(y, x, a, b, ranks, scales, meta,
                                                                       fused_config(torch.device("cuda")))  # fmt: skip
@@ -163,6 +163,7 @@ def _cases() -> dict[str, Callable[[], object]]:
     lora(64, 64, 16, 4096, (14336, 14336), "8B gate_up T64 distinct r16")
     lora(64, 64, 16, 14336, (4096,), "8B down T64 distinct r16")
     lora(256, 256, 16, 4096, (4096,), "8B o T256 distinct r16")
+    lora(1024, 1024, 16, 4096, (4096,), "8B o T1024 distinct r16")
     lora(64, 8, 8, 4096, (4096,), "8B o T64 n8 r8", one_launch=True)
     lora(64, 64, 8, 4096, (4096, 1024, 1024), "8B qkv T64 distinct r8")
     lora(16, 16, 16, 4096, (4096, 1024, 1024), "8B qkv T16 distinct r16", one_launch=True)

@@ -61,7 +61,7 @@ def apply_rule(data: dict) -> str | None:
         if name is not None:
             one = r.get("variants_us", {}).get(name) if r.get("variants_us") else (r.get("one_us") if name == "table" else None)
         r["one_table_us"] = one
-        r["gather"] = r.get("gather_us") is not None and prefers_gather(hopper_gather_config(), r["t"], r["n"])
+        r["gather"] = r.get("gather_us") is not None and prefers_gather(hopper_gather_config(r["t"]), r["t"], r["n"])
         r["fused"] = not r["gather"] and one is not None and prefers_fused(
             cfg, r["t"], r["max_tiles"], r["block_t"], (r["width"],), r["k"], r["rank"], r["element_size"])
         r["coop"] = (not r["fused"] and not r["gather"] and r.get("coop_us") is not None

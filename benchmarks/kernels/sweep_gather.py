@@ -6,7 +6,7 @@ bench_sgmv.py times (median of CUDA-graph replays, L2 flushed) on the table's tw
 built with the batch's adapter count, not timed) and on gather variants: each shrink variant with the first
 expand, each expand variant with the first shrink, then the best of each combined (scored by the geometric
 mean of gather / two over every case). Every variant's result is checked against the float64 reference
-first. Prints the per-bucket ratios and the combined config for configs._SM90_GATHER. Run on a GPU:
+first. Prints the per-batch ratios and the combined config for a bucket of configs._SM90_GATHER. Run on a GPU:
 
     python benchmarks/kernels/sweep_gather.py --compile-only --shard 0/8   # warm Triton's cache in parallel
     python benchmarks/kernels/sweep_gather.py --out sweep_gather.json
@@ -61,7 +61,7 @@ SETS = {"small": (BATCHES, SHRINKS, EXPANDS, 64), "large": (LARGE_BATCHES, LARGE
 def variant(shrink: tuple, expand: tuple, max_tokens: int = 1024) -> GatherConfig:
     st, kc, bk, sw = shrink
     et, bn, ew = expand
-    return dataclasses.replace(hopper_gather_config(), max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc,
+    return dataclasses.replace(hopper_gather_config(1), max_tokens=max_tokens, shrink_tokens=st, k_chunk=kc,
                                block_k=bk, shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
 
@@ -165,7 +165,7 @@ def main() -> None:
     bw = copy_bandwidth(timer)
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_bw_TBps": bw / 1e12,
             "calibration": calibration(timer), "set": args.set, "shrinks": shrinks, "expands": expands,
-            "table_gather": dataclasses.asdict(gather_config(torch.device("cuda")))}
+            "table_gather": [dataclasses.asdict(gather_config(torch.device("cuda"), t)) for t in (1, 1024)]}
     print(json.dumps(info), flush=True)
     rows = []
     t0 = time.time()

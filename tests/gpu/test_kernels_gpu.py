@@ -37,6 +37,8 @@ GPU_CASES = (
     Case("gpu_down_56_splits", 40, 14336, (4096,), 8, 16, "random", k_chunk=256, max_splits=64),
     Case("gpu_qkv_56_splits", 33, 14336, (1024, 256, 256), 6, 64, "random", k_chunk=256, max_splits=64),
     Case("gpu_down_few_tiles", 16, 14336, (4096,), 4, 16, "shared", hint=True),  # the table's 28 chunks
+    # Distinct adapters past 256 tokens: the rule's second gather bucket (qkv under GQA).
+    Case("gpu_qkv_distinct_700", 700, 4096, (4096, 1024, 1024), 720, 16, "distinct", hint=True),
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -228,12 +230,11 @@ def test_gather_variants_agree_and_match_the_reference(dtype: str) -> None:
     from loraledger.kernels.sgmv import sgmv_gathered
 
     def cfg(st: int, kc: int, bk: int, sw: int, et: int, bn: int, ew: int) -> GatherConfig:
-        return GatherConfig(max_tokens=64, min_adapter_share=0.5, large_tokens=64, large_min_adapter_share=0.5,
-                            shrink_tokens=st, k_chunk=kc, block_k=bk,
+        return GatherConfig(max_tokens=64, min_adapter_share=0.5, shrink_tokens=st, k_chunk=kc, block_k=bk,
                             shrink_warps=sw, expand_tokens=et, block_n=bn, expand_warps=ew, pdl=True)
 
     variants = [cfg(1, 512, 256, 4, 1, 256, 4), cfg(2, 1024, 256, 8, 2, 512, 8), cfg(4, 256, 128, 4, 4, 128, 4),
-                cfg(1, 512, 128, 2, 1, 1024, 8)]
+                cfg(1, 512, 128, 2, 1, 1024, 8), cfg(1, 1024, 512, 8, 1, 1024, 4)]
     shapes = (
         Case("gather_qkv", 61, 4096, (4096, 1024, 1024), 40, 16, "random"),
         Case("gather_down", 37, 14336, (4096,), 40, 8, "distinct"),

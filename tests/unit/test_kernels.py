@@ -200,14 +200,17 @@ def test_dispatch_rule_reads_host_sizes_only() -> None:
 def test_gather_rule_takes_small_batches_of_mostly_distinct_adapters() -> None:
     from loraledger.kernels.configs import hopper_gather_config, prefers_gather
 
-    hopper = hopper_gather_config()
-    assert prefers_gather(hopper, 64, 64) and prefers_gather(hopper, 256, 128)  # distinct enough, small enough
-    assert not prefers_gather(hopper, 64, 8)  # tokens share adapters: the tile kernels read each once
-    assert prefers_gather(hopper, 1024, 1024) and prefers_gather(hopper, 512, 384)
-    assert not prefers_gather(hopper, 1024, 512)  # past 256 tokens half shared is too many: read again from memory
-    assert not prefers_gather(hopper, 2048, 2048)  # past max_tokens
-    assert not prefers_gather(hopper, 64, None)  # the count unknown: the tile kernels
-    assert not prefers_gather(hopper, 0, 0)
+    def rule(t: int, n: int | None) -> bool:
+        return prefers_gather(hopper_gather_config(t), t, n)
+
+    assert rule(64, 64) and rule(256, 128)  # distinct enough, small enough
+    assert not rule(64, 8)  # tokens share adapters: the tile kernels read each once
+    assert rule(1024, 1024) and rule(512, 384) and rule(1024, 768)
+    assert not rule(1024, 512) and not rule(300, 200)  # past 256 tokens, L2 no longer holds the shared adapters
+    assert not rule(2048, 2048)  # past the last bucket
+    assert hopper_gather_config(2048) == hopper_gather_config(1024)
+    assert not rule(64, None)  # the count unknown: the tile kernels
+    assert not rule(0, 0)
 
 
 def test_prefers_gather_is_off_where_the_torch_reference_runs() -> None:
