@@ -5,7 +5,7 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…46
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…49
 # the sessions' calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
@@ -496,6 +496,23 @@ elif [[ "${PART}" == 46 ]]; then  # eighth session, call 2: the gather pair past
     tail -n 16 "$OUT/sweep_gather_large.log"
     (cd benchmarks/kernels && run sgmv_anchors 240 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     tail -n 25 "$OUT/sgmv_anchors.log"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 47 ]]; then  # eighth session, call 3: the final tree's kernel and engine GPU tests
+    run tests_gpu 560 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py
+    tail -n 3 "$OUT/tests_gpu.log"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 48 ]]; then  # eighth session, call 4: the bench_sgmv grid on the final table, alone on the GPU
+    (cd benchmarks/kernels && run sgmv_grid 570 $PY bench_sgmv.py --budget-s 500 --out "$OUT/sgmv_grid")
+    tail -n 5 "$OUT/sgmv_grid.log"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 49 ]]; then  # eighth session, call 5: the decode step of Punica's setting past 256 sequences (1B, B
+    # 512 and 1024, every sequence its own adapter) with the gather pair's new bucket and with the tile kernels
+    for mode in gather tiles; do
+        flag=""; [[ $mode == tiles ]] && flag=--no-gather
+        run decode_1b_punica_$mode 280 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings punica \
+            --batches 512 1024 --context 512 --steps 8 --replays 20 $flag --json "$OUT/decode_1b_punica_$mode.json"
+        grep "roofline .* ms" "$OUT/decode_1b_punica_$mode.log" | tail -n 2 | sed "s/^/$mode /"
+    done
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
     # test, then the full bench_sgmv grid on the final table
