@@ -5,7 +5,7 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…49
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…51
 # the sessions' calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
@@ -513,6 +513,32 @@ elif [[ "${PART}" == 49 ]]; then  # eighth session, call 5: the decode step of P
             --batches 512 1024 --context 512 --steps 8 --replays 20 $flag --json "$OUT/decode_1b_punica_$mode.json"
         grep "roofline .* ms" "$OUT/decode_1b_punica_$mode.log" | tail -n 2 | sed "s/^/$mode /"
     done
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 50 ]]; then  # eighth session, call 6: the second gather bucket's parameters on small batches, and
+    # the tile kernels' two largest buckets swept again (the anchors T 1024 n 64 up and prefill128 qo sit at 1.22-1.27x)
+    for i in 0 1 2 3 4 5 6 7; do
+        (cd benchmarks/kernels && timeout 200 $PY sweep_gather.py --set table --compile-only --shard $i/8 \
+            >"$OUT/compile_g$i.log" 2>&1; timeout 200 $PY sweep_sgmv.py --buckets 1024,2048 --compile-only \
+            --shard $i/8 >"$OUT/compile_s$i.log" 2>&1) &
+    done
+    wait
+    (cd benchmarks/kernels && run sweep_gather_table 200 $PY sweep_gather.py --set table --budget-s 150 \
+        --out "$OUT/sweep_gather_table.json")
+    tail -n 16 "$OUT/sweep_gather_table.log"
+    (cd benchmarks/kernels && run sweep_sgmv 240 $PY sweep_sgmv.py --buckets 1024,2048 --out "$OUT/sweep_sgmv")
+    tail -n 24 "$OUT/sweep_sgmv.log"
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 51 ]]; then  # eighth session, call 7: the gather pair's new launch parameters in both buckets: the
+    # kernel and engine GPU tests, then alone on the GPU the anchor cases and Punica's decode step (8B B 64, 1B B 64/256)
+    run tests_gpu 300 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py
+    tail -n 3 "$OUT/tests_gpu.log"
+    (cd benchmarks/kernels && run sgmv_anchors 200 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
+    grep "n=64 \|n=256 \|n=1024 " "$OUT/sgmv_anchors.log" | head -n 8
+    run decode_8b_punica 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings punica --batches 64 \
+        --context 512 --steps 10 --replays 20 --json "$OUT/decode_8b_punica.json"
+    run decode_1b_punica 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings punica --batches 64 256 \
+        --context 512 --steps 10 --replays 30 --json "$OUT/decode_1b_punica.json"
+    grep -h "roofline .* ms" "$OUT"/decode_*.log
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
     # test, then the full bench_sgmv grid on the final table

@@ -242,20 +242,21 @@ class GatherConfig:
 _GatherTable = tuple[GatherConfig, ...]
 
 # Hopper, from benchmarks/kernels/sweep_gather.py on an H100 (benchmarks/RESULTS.md). Up to 256 tokens (sixth
-# session): against the table's two launches, the best pair (one token per program, K chunks of 1024, 512-column
-# expand blocks) took 0.97x the time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x at 128 and 0.76x at
-# 256 (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or eight adapters it lost
-# (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it was even (1.01x).
-# 257 to 1024 tokens (eighth session, --set large): distinct adapters 0.57-0.86x the tile kernels' time
-# (rank 8 / 16); with 3/4 of the tokens' adapters distinct 0.64 / 0.92x (worst case 1.03x, up and gate_up at
-# rank 16), with 5/8 0.72 / 1.01x, with half 0.81 / 1.13x (the adapters no longer fit in L2: a shared one is read
-# again from memory), hence the 0.75 share. K steps of 512 with eight shrink warps and 1024-column expand
-# blocks took 0.94-0.97x the first bucket's parameters there.
+# session): the pair took 0.97x the tile kernels' time with distinct adapters at T = 16, 0.80x at T = 64, 0.79x
+# at 128 and 0.76x at 256 (Llama-3-8B projections and the qkv / gate_up forms, ranks 8 and 16); with one or
+# eight adapters it lost (1.1-1.6x: every token re-reads its adapter), and at T = 16 with eight of sixteen it
+# was even (1.01x). 257 to 1024 tokens (eighth session, --set large): distinct adapters 0.59 / 0.86x the tile
+# kernels' time (rank 8 / 16); with 3/4 of the tokens' adapters distinct 0.68 / 0.95x (worst case 1.05x, up and
+# gate_up at rank 16), with 5/8 0.76 / 1.05x, with half 0.86 / 1.18x (the adapters no longer fit in L2: a shared
+# one is read again from memory), hence the 0.75 share. The launch parameters of both buckets (eighth session,
+# --set large, then --set table): K steps of 512 with eight shrink warps and 1024-column expand blocks took
+# 0.94-0.97x the sixth session's (256-wide K steps, four warps, 512 columns) at 256-1024 tokens and 0.88-0.97x
+# at 1-256 (0.88x with 64 distinct adapters).
+_SM90_GATHER_LAUNCH = GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=512,
+                                   shrink_warps=8, expand_tokens=1, block_n=1024, expand_warps=4, pdl=True)
 _SM90_GATHER: _GatherTable = (
-    GatherConfig(max_tokens=256, min_adapter_share=0.5, shrink_tokens=1, k_chunk=1024, block_k=256, shrink_warps=4,
-                 expand_tokens=1, block_n=512, expand_warps=4, pdl=True),
-    GatherConfig(max_tokens=1024, min_adapter_share=0.75, shrink_tokens=1, k_chunk=1024, block_k=512, shrink_warps=8,
-                 expand_tokens=1, block_n=1024, expand_warps=4, pdl=True),
+    _SM90_GATHER_LAUNCH,
+    dataclasses.replace(_SM90_GATHER_LAUNCH, max_tokens=1024, min_adapter_share=0.75),
 )
 _DEFAULT_GATHER: _GatherTable = tuple(dataclasses.replace(c, pdl=False) for c in _SM90_GATHER)
 # The interpreter: small blocks, and buckets that let the rule pick the path for the smallest batches, so that

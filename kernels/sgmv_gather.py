@@ -24,11 +24,12 @@ from .sgmv_expand import b_vector, column_slice, slice_ptr
 __all__ = ["gather_plan", "sgmv_gather"]
 
 
-def gather_plan(k: int, cfg: GatherConfig) -> tuple[int, int, int]:
+def gather_plan(k: int, cfg: GatherConfig, block_r: int) -> tuple[int, int, int]:
     """(block_k, k_chunk, split_k) of the shrink for K = k: chunks of cfg.k_chunk elements walked in
-    cfg.block_k steps (both shrunk to K's next power of two for a short K)."""
+    cfg.block_k steps (both shrunk to K's next power of two for a short K; the step to at most 8192 elements
+    of A per token, block_r rows of it: a pool padded to a wide rank takes narrower steps)."""
     k_pow2 = max(16, triton.next_power_of_2(k))
-    block_k = min(cfg.block_k, k_pow2)
+    block_k = min(cfg.block_k, k_pow2, max(16, 8192 // block_r))
     k_chunk = max(block_k, min(cfg.k_chunk, k_pow2) // block_k * block_k)
     return block_k, k_chunk, triton.cdiv(k, k_chunk)
 
@@ -196,7 +197,7 @@ def sgmv_gather(
     a0, b0 = lora_a[0], lora_b[0]
     r_vec = b_vector(b0)
     block_r = max(4, r_vec, triton.next_power_of_2(a0.shape[1]))
-    block_k, k_chunk, split_k = gather_plan(k, cfg)
+    block_k, k_chunk, split_k = gather_plan(k, cfg, block_r)
     ws = torch.empty((split_k, num_slices, t, block_r), dtype=torch.float32, device=x.device)
     pdl = cfg.pdl and x.is_cuda
     a1 = lora_a[1] if num_slices > 1 else a0
@@ -209,7 +210,7 @@ def sgmv_gather(
         num_warps=cfg.shrink_warps,
     )  # fmt: skip
     widths = [b.shape[1] for b in lora_b] + [0] * (3 - num_slices)
-    block_n = min(cfg.block_n, max(16, triton.next_power_of_2(max(widths))))
+    block_n = min(cfg.block_n, max(16, triton.next_power_of_2(max(widths))), max(16, 16384 // block_r))
     groups = [triton.cdiv(n, block_n) for n in widths]
     b1 = lora_b[1] if num_slices > 1 else b0
     b2 = lora_b[2] if num_slices > 2 else b0

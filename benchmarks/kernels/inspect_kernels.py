@@ -164,6 +164,7 @@ def _cases() -> dict[str, Callable[[], object]]:
     lora(64, 64, 16, 14336, (4096,), "8B down T64 distinct r16")
     lora(256, 256, 16, 4096, (4096,), "8B o T256 distinct r16")
     lora(1024, 1024, 16, 4096, (4096,), "8B o T1024 distinct r16")
+    lora(64, 64, 64, 4096, (4096,), "8B o T64 distinct r64")
     lora(64, 8, 8, 4096, (4096,), "8B o T64 n8 r8", one_launch=True)
     lora(64, 64, 8, 4096, (4096, 1024, 1024), "8B qkv T64 distinct r8")
     lora(16, 16, 16, 4096, (4096, 1024, 1024), "8B qkv T16 distinct r16", one_launch=True)

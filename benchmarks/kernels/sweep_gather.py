@@ -55,7 +55,11 @@ LARGE_BATCHES = ((256, 256), (256, 192), (512, 512), (512, 384), (512, 256), (10
 LARGE_SHRINKS = ((1, 1024, 256, 4), (1, 2048, 256, 4), (1, 512, 256, 4), (2, 1024, 256, 4), (1, 1024, 256, 8),
                  (1, 1024, 512, 8))
 LARGE_EXPANDS = ((1, 512, 4), (1, 1024, 4), (1, 1024, 8), (2, 512, 4), (1, 256, 4), (1, 512, 8))
-SETS = {"small": (BATCHES, SHRINKS, EXPANDS, 64), "large": (LARGE_BATCHES, LARGE_SHRINKS, LARGE_EXPANDS, 1 << 30)}
+# --set table: the small batches again, around the first bucket's pair, with the second bucket's parameters.
+TABLE_SHRINKS = ((1, 1024, 256, 4), (1, 1024, 512, 8), (1, 512, 512, 8), (1, 2048, 512, 8))
+TABLE_EXPANDS = ((1, 512, 4), (1, 1024, 4), (1, 1024, 8))
+SETS = {"small": (BATCHES, SHRINKS, EXPANDS, 64), "large": (LARGE_BATCHES, LARGE_SHRINKS, LARGE_EXPANDS, 1 << 30),
+        "table": (BATCHES, TABLE_SHRINKS, TABLE_EXPANDS, 1 << 30)}
 
 
 def variant(shrink: tuple, expand: tuple, max_tokens: int = 1024) -> GatherConfig:
@@ -144,7 +148,8 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--budget-s", type=float, default=1e9)
     parser.add_argument("--set", choices=SETS, default="small",
-                        help="small: T <= 256 (scored over T <= 64); large: T = 256 to 1024, partly shared (all scored)")
+                        help="small: T <= 256 (scored over T <= 64); large: T = 256 to 1024, partly shared (all scored); "
+                             "table: T <= 256 around the first bucket's pair with the second bucket's parameters")
     args = parser.parse_args()
     batches, shrinks, expands, score_t = SETS[args.set]
     todo = cases(args.forms.split(","), [int(r) for r in args.ranks.split(",")], batches)
