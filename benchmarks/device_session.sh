@@ -5,7 +5,7 @@
 # an eager step's time goes (profile_eager_step.py) and the Punica window; PART=3 the engine tests, the mixed
 # step's profile and both serving windows (S-LoRA with its no-LoRA side, Punica); PART=4 the engine tests, a
 # profile of steps with several prefills and the S-LoRA window; PART=5 (any other value) the GPU tests, the
-# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…51
+# transformers+PEFT comparison, the 100 → 5,000 scale run at 4 layers, the decode step and a stack-sampled window; PART=7…52
 # the sessions' calls (each block says what it runs); PART=6 what is still open for the next session.
 # Logs and JSON under $OUT.
 set -uo pipefail
@@ -539,6 +539,11 @@ elif [[ "${PART}" == 51 ]]; then  # eighth session, call 7: the gather pair's ne
     run decode_1b_punica 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings punica --batches 64 256 \
         --context 512 --steps 10 --replays 30 --json "$OUT/decode_1b_punica.json"
     grep -h "roofline .* ms" "$OUT"/decode_*.log
+    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+elif [[ "${PART}" == 52 ]]; then  # eighth session, call 8: the bench_sgmv grid again on the final table (the gather
+    # pair's new parameters), as much of it as 300 s hold, the anchors first
+    (cd benchmarks/kernels && run sgmv_grid 360 $PY bench_sgmv.py --budget-s 300 --out "$OUT/sgmv_grid")
+    tail -n 3 "$OUT/sgmv_grid.log"
     (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
     # test, then the full bench_sgmv grid on the final table
