@@ -64,6 +64,7 @@ CASES = (
     Case("t1_odd", 1, 200, (100,), 2, 16, "random", hint=True),
     Case("ragged_groups", 21, 72, (130, 70, 70), 7, 32, "random", hint=True),
     Case("hint_distinct", 24, 96, (72,), 40, 16, "distinct", hint=True),
+    Case("hint_distinct_12", 12, 96, (40, 24), 20, 16, "distinct", hint=True),  # the second gather bucket, by the rule
     Case("hint_shared", 50, 96, (40, 40), 6, 8, "shared", hint=True),
     Case("hint_none", 13, 64, (24,), 3, 16, "none", hint=True),
     # More than 16 K splits (35, summed by the expands in unrolled groups of 16, the last one ragged).
