@@ -2,8 +2,8 @@
 
 Every Triton path is timed side by side: split-K as two launches (shrink + expand, "two") and as one
 cooperative launch (kernels/sgmv_coop.py, "coop") in every case, with K split in 28 and 56 chunks too
-where K > 4096 ("split variants"); the whole-K one launch (kernels/sgmv_fused.py, "one", with a sweep of
-its block sizes up to T = 256) in every decode case up to T = 1024; the token-gather pair
+where K > 4096 ("split variants"); the whole-K one launch (kernels/sgmv_fused.py, "one"; with
+--one-launch-sweep also a sweep of its block sizes up to T = 256) in every decode case up to T = 1024; the token-gather pair
 (kernels/sgmv_gather.py, "gather") in every case up to its config's max_tokens. "ours" is the path the
 dispatch picks for the case (kernels.configs.prefers_gather with the batch's adapter count, as the engine
 passes it, then prefers_fused, then the table's `coop`; report.py applies the rule again, so a rule set from
@@ -543,9 +543,9 @@ def fused_rows(timer: Timer, max_t: int = 1 << 62, others: dict | None = None) -
     return rows
 
 
-def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool) -> None:
+def compile_only(cases: list[Case], shard: tuple[int, int], one_launch: bool, one_launch_sweep: bool) -> None:
     device = DEVICE
-    variants = fused_variants(device)
+    variants = fused_variants(device) if one_launch_sweep else {"table": fused_config(device)}
     for i, case in enumerate(cases):
         if i % shard[1] != shard[0]:
             continue
@@ -583,6 +583,9 @@ def main() -> None:
                         help="other kernels/ packages to time side by side (their two launches)")
     parser.add_argument("--ranks", help="comma-separated ranks to keep (every case list; default all)")
     parser.add_argument("--anchors-too", action="store_true", help="with --small-floor: the anchor cases first")
+    parser.add_argument("--one-launch-sweep", action="store_true",
+                        help="also time the whole-K one launch's block-size variants in every decode case up to "
+                             "T = 256 (their compiles take a third of a full run; the rule never picks the path)")
     args = parser.parse_args()
     shard = tuple(int(v) for v in args.shard.split("/"))
     shapes = set(args.shapes.split(","))
@@ -604,7 +607,7 @@ def main() -> None:
         cases = [c for c in cases if c.rank in keep and (c.shape in shapes or c in anchors)]
         anchors = [c for c in anchors if c.rank in keep]
     if args.compile_only:
-        compile_only(cases, shard, one_launch=not args.small_floor)
+        compile_only(cases, shard, one_launch=not args.small_floor, one_launch_sweep=args.one_launch_sweep)
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -631,7 +634,7 @@ def main() -> None:
             info["stopped_early"] = f"{len(cases) - i} grid cases not run (--budget-s {args.budget_s})"
             print(info["stopped_early"], flush=True)
             break
-        sweep = case.kind == "decode" and case.t <= SWEEP_MAX_T and not args.small_floor
+        sweep = args.one_launch_sweep and case.kind == "decode" and case.t <= SWEEP_MAX_T and not args.small_floor
         with_torch = not args.small_floor and (case in anchors or (case.rank == 16 and case.t <= 256))
         row = run_case(case, timer, bw, base_cache, with_torch=with_torch, variants=variants if sweep else None,
                        one_launch=not args.small_floor, others=others)
