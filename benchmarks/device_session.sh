@@ -26,6 +26,16 @@ run() {
     echo "=== $name: exit $? at ${SECONDS}s"
 }
 PYTEST="$PY -m pytest --noconftest -q -p no:cacheprovider -m gpu"
+# $OUT as one tarball: the machine returns few files.
+pack_out() { (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz); }
+# The decode step without LoRA at B 64/128/256 for one model, on the package that $2 (a PYTHONPATH prefix, or "")
+# puts first; the run is named $1 and its roofline lines are printed with that name.
+decode_nolora_tree() {
+    local name=$1 model=$2 prefix=$3
+    PYTHONPATH=$prefix$PYTHONPATH run "$name" 200 $PY $B/bench_decode_step.py --preset "$model" --settings nolora \
+        --batches 64 128 256 --context 512 --steps 10 --replays 30 --json "$OUT/$name.json"
+    grep "roofline .* ms" "$OUT/$name.log" | tail -n 3 | sed "s/^/$name /"
+}
 # The 8B decode step (no LoRA, S-LoRA, Punica; B 64) with the token-gather LoRA kernels where the rule picks them
 # and with the tile kernels everywhere (as run in the sixth session: LORALEDGER_SGMV_GATHER=0, since --no-gather).
 decode_8b_gather_ab() {
@@ -361,12 +371,12 @@ elif [[ "${PART}" == 37 ]]; then  # sixth session, call 4: every kernel GPU test
     grep "roofline .* ms" "$OUT/decode_step_1b_prev.log" "$OUT/decode_step_1b.log" | tail -n 8
     (cd benchmarks/kernels && run sgmv_anchors 200 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     grep -E "^\[" "$OUT/sgmv_anchors.log" | tail -n 20
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
+    pack_out
 elif [[ "${PART}" == 38 ]]; then  # sixth session, call 5: a second 60 s S-LoRA window at 8B on this tree
     run serving_slora_8b_60s 400 $PY $B/bench_serving.py --preset llama-3-8b --setting slora --adapters 1000 --slots 64 \
         --rate 40 --duration 60 --drain-s 5 --cpu-cache-gb 16 --baselines nolora --json "$OUT/serving_slora_8b_60s.json"
     grep -A8 "^## serving" "$OUT/serving_slora_8b_60s.log" | tail -n 9
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)
+    pack_out
 elif [[ "${PART}" == 39 ]]; then  # sixth session, call 6: the kernel and engine GPU tests on the final tree
     timeout 200 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
     run tests_engine 150 $PYTEST -rf --tb=short tests/gpu/test_engine_gpu.py
@@ -403,7 +413,7 @@ elif [[ "${PART}" == 40 ]]; then  # seventh session, call 1: PDL for the decoder
             --json "$OUT/decode_step_8b_$tree.json"
         grep "roofline .* ms" "$OUT/decode_step_1b_lora_$tree.log" "$OUT/decode_step_8b_$tree.log" | tail -n 6
     done
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 41 ]]; then  # seventh session, call 2: decode attention with the rotary + KV write in its launch.
     # The GPU tests (paged attention with its rotary cases, the PDL chain, fused ops, engine), then the decode step of
     # three trees side by side: 1fc9995 (the session's start, carried .prev), eaec30e (PDL, carried .alt/pdl) and this
@@ -434,7 +444,7 @@ elif [[ "${PART}" == 41 ]]; then  # seventh session, call 2: decode attention wi
     done
     run decode_step_1b_profile 120 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings nolora --batches 64 \
         --context 512 --steps 10 --replays 40 --profile --json "$OUT/decode_step_1b_profile.json"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 42 ]]; then  # seventh session, call 3: the fused rotary attention as two variants against the
     # unfused one (eaec30e, carried .alt/pdl): the first (7cc4293, carried .alt/barrier: the new key written, a barrier,
     # read back) and this tree's (the new key's tile taken after the loop from registers); no LoRA at 1B and 8B, B
@@ -443,29 +453,23 @@ elif [[ "${PART}" == 42 ]]; then  # seventh session, call 3: the fused rotary at
     tree_path() { case $1 in pdl) echo "$PWD/.alt/pdl:";; barrier) echo "$PWD/.alt/barrier:";; *) echo "";; esac; }
     for model in llama-3.2-1b llama-3-8b; do
         for tree in pdl barrier peel; do
-            PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_${model}_$tree 200 $PY $B/bench_decode_step.py \
-                --preset $model --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 30 \
-                --json "$OUT/decode_${model}_$tree.json"
-            grep "roofline .* ms" "$OUT/decode_${model}_$tree.log" | tail -n 3 | sed "s/^/$model $tree /"
+            decode_nolora_tree "decode_${model}_$tree" "$model" "$(tree_path $tree)"
         done
     done
     wait
     tail -n 3 "$OUT/tests_attention.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 43 ]]; then  # seventh session, call 4: the fused rotary attention (barrier form) against the
     # unfused launch (eaec30e, carried .alt/pdl), nothing else on the GPU: no LoRA at 1B and 8B, B 64/128/256, twice
     tree_path() { case $1 in pdl) echo "$PWD/.alt/pdl:";; *) echo "";; esac; }
     for round in 1 2; do
         for model in llama-3.2-1b llama-3-8b; do
             for tree in pdl fused; do
-                PYTHONPATH=$(tree_path $tree)$PYTHONPATH run decode_${model}_${tree}_$round 200 $PY $B/bench_decode_step.py \
-                    --preset $model --settings nolora --batches 64 128 256 --context 512 --steps 10 --replays 30 \
-                    --json "$OUT/decode_${model}_${tree}_$round.json"
-                grep "roofline .* ms" "$OUT/decode_${model}_${tree}_$round.log" | tail -n 3 | sed "s/^/$model $tree $round /"
+                decode_nolora_tree "decode_${model}_${tree}_$round" "$model" "$(tree_path $tree)"
             done
         done
     done
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 44 ]]; then  # seventh session, call 5: the final tree: the engine, paged-attention and PDL GPU
     # tests, then (alone on the GPU) the decode step at 1B (no LoRA B 64/128/256; S-LoRA, Punica B 64) and 8B (B 64)
     run tests_gpu 300 $PYTEST -n 4 -rf tests/gpu/test_engine_gpu.py tests/gpu/test_paged_attention_gpu.py \
@@ -478,7 +482,7 @@ elif [[ "${PART}" == 44 ]]; then  # seventh session, call 5: the final tree: the
     run decode_step_8b 200 $PY $B/bench_decode_step.py --preset llama-3-8b --settings nolora slora punica --batches 64 \
         --context 512 --steps 10 --replays 20 --json "$OUT/decode_step_8b.json"
     grep -h "roofline .* ms" "$OUT"/decode_step_*.log
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 45 ]]; then  # eighth session, call 1: sgmv_gather's one-launch form (commit 2643143, reverted in
     # fe21171 after this call; the block as run): its GPU tests while Triton's cache warmed, then its sweep alone
     echo "PART=45 needs 2643143's tree (benchmarks/kernels/sweep_gather_one.py, GatherConfig.one_*)" >&2
@@ -496,15 +500,15 @@ elif [[ "${PART}" == 46 ]]; then  # eighth session, call 2: the gather pair past
     tail -n 16 "$OUT/sweep_gather_large.log"
     (cd benchmarks/kernels && run sgmv_anchors 240 $PY bench_sgmv.py --no-grid --out "$OUT/sgmv_anchors")
     tail -n 25 "$OUT/sgmv_anchors.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 47 ]]; then  # eighth session, call 3: the final tree's kernel and engine GPU tests
     run tests_gpu 560 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py
     tail -n 3 "$OUT/tests_gpu.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 48 ]]; then  # eighth session, call 4: the bench_sgmv grid on the final table, alone on the GPU
     (cd benchmarks/kernels && run sgmv_grid 570 $PY bench_sgmv.py --budget-s 500 --out "$OUT/sgmv_grid")
     tail -n 5 "$OUT/sgmv_grid.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 49 ]]; then  # eighth session, call 5: the decode step of Punica's setting past 256 sequences (1B, B
     # 512 and 1024, every sequence its own adapter) with the gather pair's new bucket and with the tile kernels
     for mode in gather tiles; do
@@ -513,7 +517,7 @@ elif [[ "${PART}" == 49 ]]; then  # eighth session, call 5: the decode step of P
             --batches 512 1024 --context 512 --steps 8 --replays 20 $flag --json "$OUT/decode_1b_punica_$mode.json"
         grep "roofline .* ms" "$OUT/decode_1b_punica_$mode.log" | tail -n 2 | sed "s/^/$mode /"
     done
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 50 ]]; then  # eighth session, call 6: the second gather bucket's parameters on small batches, and
     # the tile kernels' two largest buckets swept again (the anchors T 1024 n 64 up and prefill128 qo sit at 1.22-1.27x)
     for i in 0 1 2 3 4 5 6 7; do
@@ -527,7 +531,7 @@ elif [[ "${PART}" == 50 ]]; then  # eighth session, call 6: the second gather bu
     tail -n 16 "$OUT/sweep_gather_table.log"
     (cd benchmarks/kernels && run sweep_sgmv 240 $PY sweep_sgmv.py --buckets 1024,2048 --out "$OUT/sweep_sgmv")
     tail -n 24 "$OUT/sweep_sgmv.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 51 ]]; then  # eighth session, call 7: the gather pair's new launch parameters in both buckets: the
     # kernel and engine GPU tests, then alone on the GPU the anchor cases and Punica's decode step (8B B 64, 1B B 64/256)
     run tests_gpu 300 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py tests/gpu/test_engine_gpu.py
@@ -539,19 +543,19 @@ elif [[ "${PART}" == 51 ]]; then  # eighth session, call 7: the gather pair's ne
     run decode_1b_punica 150 $PY $B/bench_decode_step.py --preset llama-3.2-1b --settings punica --batches 64 256 \
         --context 512 --steps 10 --replays 30 --json "$OUT/decode_1b_punica.json"
     grep -h "roofline .* ms" "$OUT"/decode_*.log
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 52 ]]; then  # eighth session, call 8: the bench_sgmv grid again on the final table (the gather
     # pair's new parameters), as much of it as 300 s hold, the anchors first
     (cd benchmarks/kernels && run sgmv_grid 360 $PY bench_sgmv.py --budget-s 300 --out "$OUT/sgmv_grid")
     tail -n 3 "$OUT/sgmv_grid.log"
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 elif [[ "${PART}" == 6 ]]; then  # for the next session: what is still open (issue 3's kernels): every kernel GPU
     # test, then the bench_sgmv grid on the final table (without the whole-K kernel's variant sweep since the eighth
     # session, so that more of its 288 cases fit)
     run tests_kernels 280 $PYTEST -n 8 -rf tests/gpu/test_kernels_gpu.py
     tail -n 3 "$OUT/tests_kernels.log"
     (cd benchmarks/kernels && run sgmv_grid 300 $PY bench_sgmv.py --budget-s 240 --out "$OUT/sgmv_grid")
-    (cd "$OUT" && tar czf /tmp/out.tgz . && rm -rf ./* && mv /tmp/out.tgz all.tgz)  # the machine returns few files
+    pack_out
 else
     timeout 150 $PYTEST -n 6 tests/gpu/test_kernels_gpu.py tests/gpu/test_fused_ops_gpu.py \
         tests/gpu/test_paged_attention_gpu.py >"$OUT/tests_kernels.log" 2>&1 &
