@@ -90,7 +90,7 @@ class EngineConfig:
     # reading step N's tokens back: the host's work per step overlaps the device's (see the module docstring).
     overlap_decode: bool = True
     # Steps of mostly distinct adapters take the token-gather LoRA kernels where kernels.prefers_gather picks
-    # them (small decode batches); False keeps the tile kernels everywhere (side-by-side timings).
+    # them (batches of up to 1024 tokens); False keeps the tile kernels everywhere (side-by-side timings).
     lora_gather_kernels: bool = True
 
     def resolved_dtype(self) -> torch.dtype:
